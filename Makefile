@@ -1,0 +1,29 @@
+# The README's commands. Everything installs into .venv (see infra/setup-venv.sh).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEMO   ?= demo
+export FBGEMM_TBE_BOUNDS_CHECK_MODE ?= 0
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup:
+	@bash infra/setup-venv.sh
+
+demo: setup
+	$(PY) -m jobs.demo --out $(DEMO)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e and not distributed"
+
+bench: setup
+	$(PY) -m jobs.bench all --out docs/bench-latest.json
+
+lint: setup
+	$(VENV)/bin/ruff check pipelines mtl_rec jobs tests
+	$(VENV)/bin/ruff format --check pipelines mtl_rec jobs tests
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

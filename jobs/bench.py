@@ -1,0 +1,245 @@
+"""Benchmarks: `python -m jobs.bench [loader|all] --out FILE.json`.
+
+loader  rows/s from Parquet to Batch through Ray Data's streaming_split (2 consumer actors, as Ray
+        Train's workers consume it), next to pyarrow alone reading the same columns, and next to
+        our validate + transform + collate in one process without Ray (the per-core ceiling).
+
+Speed lives here, never in timed tests. Figures go to docs/benchmarks.md with the machine and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mtl_rec.config import SampleSpace, load_feature_spec
+from mtl_rec.config.data import DataConfig
+
+SPACES = {
+    "all": SampleSpace(),
+    "clicked": SampleSpace.parse("click == 1"),
+    "carted": SampleSpace.parse("cart == 1"),
+}
+
+
+def machine() -> dict:
+    import pyarrow
+    import ray
+    import torch
+
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "?"
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+        "date": dt.date.today().isoformat(),
+    }
+
+
+def ensure_logs(root: Path, rows_per_day: int, days: int) -> Path:
+    """Generate benchmark logs once (cached by size) and return their directory."""
+    from jobs.make_logs import GeneratorConfig, generate_logs
+
+    logs = root / f"logs-{days}x{rows_per_day}"
+    if not (logs / "_SUCCESS").exists():
+        generate_logs(logs, dt.date(2026, 11, 18), days, rows_per_day, GeneratorConfig(seed=0))
+        (logs / "_SUCCESS").touch()
+    return logs
+
+
+def bench_pyarrow(inventory) -> dict:
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    rows = sum(pq.read_table(path, columns=inventory.columns).num_rows for path in inventory.paths)
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
+def bench_in_process(inventory, spec, stats, batch_size: int) -> dict:
+    """validate + transform + collate on one core, no Ray: what one process can do per core."""
+    import pyarrow.parquet as pq
+
+    from pipelines.collate import collate
+    from pipelines.dataset import layout_for
+    from pipelines.transform import transform_block
+    from pipelines.validate import validate_block
+
+    layout = layout_for(spec, SPACES, inventory)
+    start = time.perf_counter()
+    rows = 0
+    for path in inventory.paths:
+        table = transform_block(
+            validate_block(pq.read_table(path, columns=inventory.columns), spec, "error", None),
+            spec,
+            stats,
+            SPACES,
+        )
+        for offset in range(0, table.num_rows, batch_size):
+            rows += collate(table.slice(offset, batch_size), layout).batch_size
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
+def bench_ray_split(inventory, spec, stats, data: DataConfig, consumers: int, consumer_cpus: float) -> dict:
+    import ray
+
+    from pipelines.dataset import build_dataset, iter_batches, layout_for
+
+    @ray.remote(num_cpus=consumer_cpus)
+    class Consumer:
+        def consume(self, shard, layout, batch_size, prefetch):
+            rows, ids, first_at, first_rows, start = 0, [], None, 0, time.perf_counter()
+            for batch in iter_batches(shard, layout, batch_size, prefetch):
+                if first_at is None:
+                    first_at, first_rows = time.perf_counter(), batch.batch_size
+                rows += batch.batch_size
+                ids.append(batch.ids.numpy())
+            end = time.perf_counter()
+            steady = (rows - first_rows) / (end - first_at) if first_at and end > first_at else 0.0
+            return (
+                rows,
+                np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                (first_at or end) - start,
+                steady,
+            )
+
+    layout = layout_for(spec, SPACES, inventory)
+    actors = [Consumer.remote() for _ in range(consumers)]
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    ds = build_dataset(inventory, spec, stats, SPACES, data)
+    shards = ds.streaming_split(consumers, equal=False)
+    start = time.perf_counter()
+    results = ray.get(
+        [a.consume.remote(s, layout, data.batch_size, data.prefetch_batches) for a, s in zip(actors, shards)]
+    )
+    seconds = time.perf_counter() - start
+    rows = sum(r[0] for r in results)
+    ids = np.concatenate([r[1] for r in results])
+    for actor in actors:
+        ray.kill(actor)
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "consumers": consumers,
+        "rows_per_consumer": [r[0] for r in results],
+        "distinct_ids": int(len(np.unique(ids))),
+        "first_batch_s": max(r[2] for r in results),
+        "steady_rows_per_s": sum(r[3] for r in results),
+    }
+
+
+def bench_loader(args) -> dict:
+    import ray
+
+    from pipelines.dataset import compute_stats
+    from pipelines.read import inspect_logs, parse_dates
+
+    spec = load_feature_spec(args.spec)
+    logs = ensure_logs(Path(args.cache), args.rows_per_day, args.days)
+    inventory = inspect_logs(
+        logs, parse_dates(f"2026-11-18..{dt.date(2026, 11, 17) + dt.timedelta(args.days)}"), spec
+    )
+    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        stats = compute_stats(inventory, spec, DataConfig())
+        data = DataConfig(batch_size=args.batch_size)
+        ray_split = [
+            bench_ray_split(inventory, spec, stats, data, 2, args.consumer_cpus) for _ in range(args.repeat)
+        ]
+    finally:
+        ray.shutdown()
+    pyarrow_only = max((bench_pyarrow(inventory) for _ in range(args.repeat)), key=lambda r: r["rows_per_s"])
+    in_process = bench_in_process(inventory, spec, stats, args.batch_size)
+    best = max(ray_split, key=lambda r: r["rows_per_s"])
+    return {
+        "rows": inventory.rows,
+        "files": len(inventory.files),
+        "sparse": len(spec.sparse),
+        "dense": spec.num_dense,
+        "batch_size": args.batch_size,
+        "ray_cpus": args.ray_cpus,
+        "consumer_cpus": args.consumer_cpus,
+        "pyarrow_only": pyarrow_only,
+        "in_process_one_core": in_process,
+        "ray_split": best,
+        "ray_split_runs": [r["rows_per_s"] for r in ray_split],
+        "ray_over_pyarrow": best["rows_per_s"] / pyarrow_only["rows_per_s"],
+    }
+
+
+def print_loader(result: dict) -> None:
+    print(
+        f"\nloader: {result['rows']:,} rows, {result['files']} files, {result['sparse']} sparse + "
+        f"{result['dense']} dense, batch {result['batch_size']}"
+    )
+    print(f"  {'path':42s} {'rows/s':>12s}")
+    for name, key in [
+        ("pyarrow alone (read columns)", "pyarrow_only"),
+        ("validate+transform+collate, 1 process", "in_process_one_core"),
+        ("Ray Data streaming_split -> 2 consumers", "ray_split"),
+    ]:
+        print(f"  {name:42s} {result[key]['rows_per_s']:>12,.0f}")
+    split = result["ray_split"]
+    print(
+        f"  {'  of which steady state (after 1st batch)':42s} {split['steady_rows_per_s']:>12,.0f}"
+        f"   (first batch after {split['first_batch_s']:.1f} s)"
+    )
+    print(
+        f"  Ray path / pyarrow alone: {result['ray_over_pyarrow']:.2f}  "
+        f"(every row once: {result['ray_split']['distinct_ids'] == result['rows']})"
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["loader", "all"])
+    parser.add_argument("--out", default="docs/bench-latest.json")
+    parser.add_argument("--spec", default="jobs/configs/features.yaml")
+    parser.add_argument("--cache", default="data/bench", help="where generated benchmark logs are kept")
+    parser.add_argument(
+        "--rows-per-day", type=int, default=1_000_000, help="rows per generated benchmark day"
+    )
+    parser.add_argument("--days", type=int, default=2, help="benchmark days (2 x 1M rows by default)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs for the local Ray")
+    parser.add_argument("--consumer-cpus", type=float, default=0.5, help="logical CPUs per consumer actor")
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    results = {"machine": machine(), "command": "python -m jobs.bench " + " ".join(argv or os.sys.argv[1:])}
+    if args.what in ("loader", "all"):
+        results["loader"] = bench_loader(args)
+        print_loader(results["loader"])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Run the data pipeline over some days and write a data report: the same read -> validate ->
+transform path the trainer uses, every row counted once.
+
+    python -m jobs.check_logs --logs data/logs --dates 2026-11-18..2026-11-20 --out OUT
+        [--spec jobs/configs/features.yaml] [--on-bad-rows error|quarantine] [--on-bad-files error|skip]
+        [--address ADDR]
+
+Writes OUT/data_report.json and OUT/data_report.md: rows per day, funnel rates, the oracle AUC of
+each stage over its sample space (from the _truth_ columns, where present), dense-feature
+statistics, files skipped and rows quarantined with their reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mtl_rec.config import SampleSpace, load_feature_spec
+from mtl_rec.config.data import DataConfig
+
+# (stage, label, sample space, truth column): the oracle of each funnel stage over its own space
+ORACLE_STAGES = [
+    ("ctr", "click", "all", "_truth_p_click"),
+    ("cart | click", "cart", "click == 1", "_truth_p_cart_given_click"),
+    ("conversion | cart", "conversion", "cart == 1", "_truth_p_conversion_given_cart"),
+    ("cvr (conversion | click)", "conversion", "click == 1", "_truth_p_conversion_given_click"),
+    ("ctcvr", "conversion", "all", "_truth_p_ctcvr"),
+]
+
+
+def oracle_auc(label: np.ndarray, truth: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(label, truth)) if 0 < label.sum() < len(label) else None
+
+
+def check_logs(
+    logs: str, dates, spec_path: str, out: Path, data: DataConfig, address: str | None = None
+) -> dict:
+    import ray
+
+    from pipelines.dataset import build_dataset, compute_stats
+    from pipelines.read import inspect_logs, parse_dates
+    from pipelines.validate import quarantine_summary
+
+    spec = load_feature_spec(spec_path)
+    days = parse_dates(dates)
+    inventory = inspect_logs(logs, days, spec, data.on_bad_files)
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    quarantine = out / "quarantine"
+    start = time.perf_counter()
+    stats = compute_stats(inventory, spec, data, quarantine)
+    spaces = {"all": SampleSpace()}
+    ds = build_dataset(inventory, spec, stats, spaces, data, quarantine)
+
+    columns: dict[str, list[np.ndarray]] = {}
+    wanted = [
+        "id",
+        "meta." + spec.time_column,
+        *(f"label.{x}" for x in spec.labels),
+        *(f"meta.{t}" for t in inventory.truth_columns),
+    ]
+    with tqdm(total=inventory.rows, unit="rows", desc="checking logs") as progress:
+        for table in ds.iter_batches(batch_size=65536, batch_format="pyarrow"):
+            for name in wanted:
+                columns.setdefault(name, []).append(table[name].to_numpy())
+            progress.update(table.num_rows)
+    seconds = time.perf_counter() - start
+    merged = {k: np.concatenate(v) for k, v in columns.items()}
+    day_of_row = (merged["meta." + spec.time_column] // 86400).astype("datetime64[D]").astype(str)
+
+    per_day = {}
+    for day in sorted(set(day_of_row)):
+        in_day = day_of_row == day
+        per_day[day] = {
+            "rows": int(in_day.sum()),
+            **{f"{x}_rate": float(merged[f"label.{x}"][in_day].mean()) for x in spec.labels},
+        }
+    oracle = {}
+    labels = {x: merged[f"label.{x}"] for x in spec.labels}
+    for stage, label, space_text, truth in ORACLE_STAGES:
+        if f"meta.{truth}" not in merged or label not in labels:
+            continue
+        space = SampleSpace.parse(space_text, spec.labels).mask(labels)
+        oracle[stage] = {
+            "space": space_text,
+            "rows": int(space.sum()),
+            "positives": int(labels[label][space].sum()),
+            "oracle_auc": oracle_auc(labels[label][space], merged[f"meta.{truth}"][space]),
+        }
+    report = {
+        "logs": str(logs),
+        "dates": [d.isoformat() for d in days],
+        "files": len(inventory.files),
+        "rows_in_files": inventory.rows,
+        "rows_valid": int(len(merged["id"])),
+        "distinct_request_ids": int(len(np.unique(merged["id"]))),
+        "seconds": seconds,
+        "rows_per_s": inventory.rows / seconds,
+        "per_day": per_day,
+        "oracle": oracle,
+        "dense_stats": {k: vars(v) for k, v in stats.features.items()},
+        "skipped_files": inventory.skipped,
+        "quarantine": quarantine_summary(quarantine, spec.id_column),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data_report.json").write_text(json.dumps(report, indent=2))
+    (out / "data_report.md").write_text(to_markdown(report))
+    return report
+
+
+def _fmt(x) -> str:
+    return "n/a (single class)" if x is None else f"{x:.4f}"
+
+
+def to_markdown(report: dict) -> str:
+    lines = [
+        f"# Data report: {report['dates'][0]} .. {report['dates'][-1]}",
+        "",
+        f"{report['rows_in_files']:,} rows in {report['files']} files; {report['rows_valid']:,} valid, "
+        f"{report['quarantine']['rows']:,} quarantined, {len(report['skipped_files'])} files skipped; "
+        f"{report['rows_per_s']:,.0f} rows/s through the pipeline.",
+        "",
+        "| day | rows | "
+        + " | ".join(
+            k.removesuffix("_rate") + " rate" for k in next(iter(report["per_day"].values())) if k != "rows"
+        )
+        + " |",
+    ]
+    lines.append("|" + " --- |" * (len(lines[-1].split("|")) - 2))
+    for day, row in report["per_day"].items():
+        lines.append(
+            f"| {day} | {row['rows']:,} | "
+            + " | ".join(f"{v:.4f}" for k, v in row.items() if k != "rows")
+            + " |"
+        )
+    if report["oracle"]:
+        lines += [
+            "",
+            "| stage | sample space | rows | positives | oracle AUC |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {s} | {o['space']} | {o['rows']:,} | {o['positives']:,} | {_fmt(o['oracle_auc'])} |"
+            for s, o in report["oracle"].items()
+        ]
+    for reason, count in report["quarantine"]["by_reason"].items():
+        lines.append(f"- quarantined: {reason}: {count:,} rows")
+    for skipped in report["skipped_files"]:
+        lines.append(f"- skipped file {skipped['path']}: {skipped['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.check_logs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--logs", required=True)
+    parser.add_argument("--dates", required=True, help="FIRST..LAST or a comma-separated list")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--spec", default="jobs/configs/features.yaml")
+    parser.add_argument("--on-bad-rows", default="error", choices=["error", "quarantine"])
+    parser.add_argument("--on-bad-files", default="error", choices=["error", "skip"])
+    parser.add_argument("--address", default=None, help="Ray cluster address; default starts a local Ray")
+    args = parser.parse_args(argv)
+    data = DataConfig(on_bad_rows=args.on_bad_rows, on_bad_files=args.on_bad_files)
+    report = check_logs(args.logs, args.dates, args.spec, args.out, data, args.address)
+    print(to_markdown(report))
+    print(f"wrote {args.out / 'data_report.json'} and data_report.md ({dt.datetime.now():%H:%M:%S})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""The hidden model behind the synthetic impression logs of ``python -m jobs.make_logs``.
+
+Labels are drawn from a known model, so every row carries the probabilities it was sampled from
+(the ``_truth_*`` columns) and the best achievable (oracle) AUC of each task is known. The knobs
+named below are fields of ``jobs.make_logs.GeneratorConfig``.
+
+Entities. Users and items that exist before the first day (``user_vocab``, ``item_vocab``) have
+Zipf-Mandelbrot popularity; ranks are shuffled onto ids, so popular ids are not the small integers.
+Each day adds a cohort of brand-new ids, drawn with probability ``new_user_rate``/``new_item_rate``;
+cohort ids are unique to their day, so they never occur on an earlier day. Attributes, hidden
+effects and latent vectors are fixed per entity and built once from ``seed``.
+
+Click. ``logit = b_click + A - position_bias * log1p(slot_position)``, where the intrinsic affinity
+``A`` = context effects (hour, weekday, device, os, network, page, session depth) + user effects
+(age, gender, city, level, occupation, a per-user bias) + item effects (category, brand, shop, a
+per-item quality) + discount + ``<u, v>``, with u = segment latent (age + gender + occupation) plus a
+smaller individual part and v = category latent plus a smaller individual part. Most of A's variance
+sits in parts seen in many rows; per-id parts are small and partly exposed by the ``*_hist_*``
+features (noisy estimates of the entity's propensities) and the ``recent_*`` lists (drawn from the
+user's favourite categories, which follow the user's latent vector).
+
+Post-click stages (cart | click, conversion | cart). ``c`` = standardised A; ``o_s`` = standardised
+own affinity of stage s, built from what the click does not use (per-id purchase bias and quality,
+price relative to its category times the user's price sensitivity, rating, reviews, shop rating,
+distance, a purchase latent), so o_s and c are independent::
+
+    logit_s = b_s + post_click_scale * (rho * c + sqrt(1 - rho**2) * o_s) + selection_bias * c
+
+``rho = task_correlation`` is the correlation of a stage's affinity with the click's (0:
+independent, 1: identical up to scale). ``selection_bias`` adds c on top, so the clicked population
+converts better than the unclicked one would: the gap a CVR model trained on clicks alone inherits.
+Position affects the click only. The intercepts b_* are solved on a calibration sample (a week of
+traffic) so the mean rates hit ``click_rate``, ``cart_rate`` (per click) and ``conversion_rate``
+(per cart) whatever the other knobs say; single days differ a little by weekday.
+
+Randomness. Independent streams from ``SeedSequence(seed, spawn_key=...)``: one for the entity
+tables, one per day for its cohort, one per (day, file) for the rows, one for calibration. Days are
+keyed by their number since the Unix epoch, so a day's rows do not depend on which other days were
+generated with it, and files can be generated in any order, in parallel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from jobs.make_logs import GeneratorConfig
+
+_WORLD, _COHORT, _FILE, _CALIBRATION = range(4)  # spawn keys of the random streams
+SECONDS_PER_DAY = 86_400
+# Relative traffic per hour (UTC): quiet at night, evening peak. Shapes ts within a day.
+HOURLY_TRAFFIC = (2.0, 1.2, 0.8, 0.6, 0.5, 0.6, 1.0, 1.8, 2.6, 3.0, 3.2, 3.4,
+                  3.6, 3.3, 3.2, 3.3, 3.4, 3.6, 4.0, 4.6, 5.0, 5.2, 4.4, 3.2)  # fmt: skip
+AGE_SHARE = (0.04, 0.16, 0.24, 0.2, 0.15, 0.1, 0.07, 0.04)
+GENDER_SHARE = (0.48, 0.48, 0.04)
+DEVICE_SHARE = (0.5, 0.25, 0.12, 0.08, 0.05)
+OS_SHARE = (0.55, 0.38, 0.05, 0.02)
+NETWORK_SHARE = (0.6, 0.3, 0.08, 0.02)
+Table = dict[str, np.ndarray]  # named columns; an entity table has one row per entity
+
+
+@dataclass(frozen=True)
+class Impressions:
+    """Sampled rows: flat columns (features, labels, truth) and list columns as (offsets, values)."""
+
+    columns: dict[str, np.ndarray]
+    lists: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def rng_for(seed: int, *key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def file_rng(seed: int, day: int, index: int) -> np.random.Generator:
+    """The stream of one file's rows: its day (since epoch) and index within the day name it."""
+    return rng_for(seed, _FILE, day, index)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def zipf_cdf(n: int, exponent: float, offset: float) -> np.ndarray:
+    """CDF over ranks 0..n-1 with weights (rank + 1 + offset) ** -exponent."""
+    cdf = np.cumsum((np.arange(1, n + 1, dtype=np.float64) + offset) ** -exponent)
+    return cdf / cdf[-1]
+
+
+def draw(cdf: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
+    """Ranks drawn from a CDF by inverse transform."""
+    ranks = np.searchsorted(cdf, rng.random(size), side="right")
+    return np.minimum(ranks, len(cdf) - 1).astype(np.int64)
+
+
+class World:
+    """Entity tables, effects and calibration of one config: the same in every process."""
+
+    def __init__(self, config: GeneratorConfig):
+        self.config = cfg = config
+        rng = rng_for(cfg.seed, _WORLD)
+        self.effects = e = _build_effects(cfg, rng)
+        self.vocab = {"user": cfg.user_vocab, "item": cfg.item_vocab}
+        self.cohort_size = {"user": cfg.new_users_per_day, "item": cfg.new_items_per_day}
+        self.new_rate = {"user": cfg.new_user_rate, "item": cfg.new_item_rate}
+        zipf = {"user": cfg.user_zipf, "item": cfg.item_zipf}
+        self.cdf = {kind: zipf_cdf(self.vocab[kind], zipf[kind], cfg.zipf_offset) for kind in zipf}
+        self.cohort_cdf = {k: zipf_cdf(self.cohort_size[k], zipf[k], cfg.zipf_offset) for k in zipf}
+        # Rank -> id permutations: popularity is independent of the id's value.
+        self.rank_to_id = {kind: rng.permutation(self.vocab[kind]) for kind in zipf}
+        past = {}  # expected impressions behind the *_hist_* features: proportional to popularity
+        for kind in zipf:
+            past[kind] = np.empty(self.vocab[kind])
+            past[kind][self.rank_to_id[kind]] = np.diff(self.cdf[kind], prepend=0.0) * cfg.history_impressions
+        items = _build_items(cfg, e, rng, np.arange(cfg.item_vocab), past["item"])
+        e["price_edges"] = np.quantile(items["price"], np.linspace(0.1, 0.9, 9))  # price_level = decile
+        items["price_level"] = np.searchsorted(e["price_edges"], items["price"], side="right")
+        users = _build_users(cfg, e, rng, np.arange(cfg.user_vocab), past["user"])
+        self.base = {"user": users, "item": items}
+        self._cohorts: dict[int, dict[str, Table]] = {}
+        self._calibrate()
+
+    def cohort(self, day: int) -> dict[str, Table]:
+        """The users and items born on `day` (since epoch): a function of (seed, day) only."""
+        if day not in self._cohorts:
+            rng, size = rng_for(self.config.seed, _COHORT, day), self.cohort_size
+            ids = {kind: self.vocab[kind] + day * size[kind] + np.arange(size[kind]) for kind in size}
+            users = _build_users(self.config, self.effects, rng, ids["user"], np.zeros(size["user"]))
+            items = _build_items(self.config, self.effects, rng, ids["item"], np.zeros(size["item"]))
+            items["price_level"] = np.searchsorted(self.effects["price_edges"], items["price"], side="right")
+            if len(self._cohorts) >= 8:  # a worker moves on to later days; keep memory flat
+                self._cohorts.pop(next(iter(self._cohorts)))
+            self._cohorts[day] = {"user": users, "item": items}
+        return self._cohorts[day]
+
+    def sample(self, rng: np.random.Generator, day: int, n: int, q0: float, q1: float) -> Impressions:
+        """n impressions of `day` filling the traffic quantiles [q0, q1) of the day, in time order."""
+        impressions = self._features(rng, day, n, q0, q1)
+        columns = impressions.columns
+        intercepts = [self.calibration[f"{stage}_intercept"] for stage in ("click", "cart", "conversion")]
+        logits = zip(intercepts, self._logits(columns), strict=True)
+        p_click, p_cart, p_conv = (sigmoid(b + x).astype(np.float32) for b, x in logits)
+        # Labels come from the stored float32 probabilities, so the truth columns are exact.
+        click = rng.random(n) < p_click
+        cart = click & (rng.random(n) < p_cart)
+        conversion = cart & (rng.random(n) < p_conv)
+        p_conv_click = (p_cart.astype(np.float64) * p_conv).astype(np.float32)
+        for name in ("_affinity", "_position", "_cart_own", "_conversion_own"):
+            del columns[name]
+        columns.update(
+            click=click.astype(np.int8), cart=cart.astype(np.int8), conversion=conversion.astype(np.int8),
+            _truth_p_click=p_click, _truth_p_cart_given_click=p_cart, _truth_p_conversion_given_cart=p_conv,
+            _truth_p_conversion_given_click=p_conv_click,
+            _truth_p_ctcvr=(p_click.astype(np.float64) * p_conv_click).astype(np.float32),
+        )  # fmt: skip
+        return impressions
+
+    def _logits(self, parts: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Click, cart|click and conversion|cart logits without their intercepts."""
+        cfg, cal = self.config, self.calibration
+        c = (parts["_affinity"] - cal["affinity_mean"]) / cal["affinity_std"]
+        shared = (cfg.post_click_scale * cfg.task_correlation + cfg.selection_bias) * c
+        own = cfg.post_click_scale * math.sqrt(1.0 - cfg.task_correlation**2)
+        o_cart = (parts["_cart_own"] - cal["cart_own_mean"]) / cal["cart_own_std"]
+        o_conv = (parts["_conversion_own"] - cal["conversion_own_mean"]) / cal["conversion_own_std"]
+        return parts["_affinity"] + parts["_position"], shared + own * o_cart, shared + own * o_conv
+
+    def _calibrate(self) -> None:
+        """Standardise the affinities on a week of traffic, then solve the intercepts for the target rates."""
+        cfg, rng = self.config, rng_for(self.config.seed, _CALIBRATION)
+        per_day = -(-cfg.calibration_rows // 7)
+        samples = [self._features(rng, day, per_day, 0.0, 1.0).columns for day in range(7)]
+        names = ("_affinity", "_position", "_cart_own", "_conversion_own")
+        parts = {name: np.concatenate([sample[name] for sample in samples]) for name in names}
+        self.calibration = cal = {}
+        for name in ("affinity", "cart_own", "conversion_own"):
+            cal[f"{name}_mean"] = float(parts[f"_{name}"].mean())
+            cal[f"{name}_std"] = float(parts[f"_{name}"].std())
+        weights = np.ones(len(parts["_affinity"]))
+        targets = {"click": cfg.click_rate, "cart": cfg.cart_rate, "conversion": cfg.conversion_rate}
+        for (stage, target), logits in zip(targets.items(), self._logits(parts), strict=True):
+            lo, hi = -30.0, 30.0
+            for _ in range(50):  # bisection: the weighted mean rate grows with the intercept
+                mid = 0.5 * (lo + hi)
+                low = np.average(sigmoid(mid + logits), weights=weights) < target
+                lo, hi = (mid, hi) if low else (lo, mid)
+            cal[f"{stage}_intercept"] = 0.5 * (lo + hi)
+            weights = weights * sigmoid(cal[f"{stage}_intercept"] + logits)  # next rate: per row reaching it
+
+    def _draw(self, rng: np.random.Generator, n: int, kind: str, cohort: Table) -> tuple[Table, np.ndarray]:
+        """The attributes of n users or items: Zipf over the base or, at new_rate, over today's cohort."""
+        new = rng.random(n) < self.new_rate[kind]
+        base_index = self.rank_to_id[kind][draw(self.cdf[kind], rng, n)]
+        cohort_index = draw(self.cohort_cdf[kind], rng, n)[new]
+        rows = {}
+        for name, column in self.base[kind].items():
+            rows[name] = column[base_index]
+            rows[name][new] = cohort[name][cohort_index]
+        return rows, new
+
+    def _features(self, rng: np.random.Generator, day: int, n: int, q0: float, q1: float) -> Impressions:
+        cfg, e = self.config, self.effects
+        knots = np.concatenate([[0.0], np.cumsum(HOURLY_TRAFFIC)]) / sum(HOURLY_TRAFFIC)
+        seconds = np.interp(np.sort(rng.uniform(q0, q1, n)), knots, np.arange(25) * 3600.0)
+        seconds = np.minimum(seconds.astype(np.int64), SECONDS_PER_DAY - 1)
+        hour, weekday = seconds // 3600, np.full(n, (day + 3) % 7)  # 1970-01-01 was a Thursday
+        cohort = self.cohort(day)
+        u, new_user = self._draw(rng, n, "user", cohort["user"])
+        i, _ = self._draw(rng, n, "item", cohort["item"])
+        device, os_ = draw(np.cumsum(DEVICE_SHARE), rng, n), draw(np.cumsum(OS_SHARE), rng, n)
+        network = draw(np.cumsum(NETWORK_SHARE), rng, n)
+        page, slot = np.minimum(rng.geometric(0.4, n) - 1, 19), rng.integers(0, 10, n)
+        session_depth = (page * 10 + slot + rng.poisson(4.0, n)).astype(np.float32)
+        distance_km = np.round(rng.lognormal(1.0, 1.0, n), 2).astype(np.float32)
+        discount = np.floor(rng.beta(1.5, 6.0, n) * 20) / 20  # 5% steps, so always < 1
+        discount = np.where(rng.random(n) < 0.5, 0.0, discount).astype(np.float32)
+        pool = e["category_pool"]
+        popular = lambda size: pool[rng.integers(0, len(pool), size)].astype(np.int64)
+        empty_rate = np.where(new_user, 0.6, cfg.empty_recent_rate)  # new users have little history
+        lists = {
+            "recent_categories": _recent_list(
+                rng, u["favourite_categories"], u["recent_length"], empty_rate, cfg.max_recent_categories,
+                cfg.recent_from_favourites, popular,
+            ),
+            "recent_brands": _recent_list(
+                rng, u["favourite_brands"], u["recent_length"] / 2, empty_rate + 0.05, cfg.max_recent_brands,
+                cfg.recent_from_favourites, lambda size: _pick_brand(e, popular(size), rng),
+            ),
+        }  # fmt: skip
+        affinity = (
+            e["age_click"][u["age_bucket"]] + e["gender_click"][u["gender"]] + e["city_click"][u["city"]]
+            + e["level_click"][u["user_level"]] + e["occupation_click"][u["occupation"]]
+            + e["hour_click"][hour] + e["weekday_click"][weekday] + e["device_click"][device]
+            + e["os_click"][os_] + e["network_click"][network] - 0.3 * np.log1p(page)
+            + 0.15 * np.log1p(session_depth) + 2.0 * discount
+            + e["category_click"][i["category"]] + e["brand_click"][i["brand"]] + e["shop_click"][i["shop"]]
+            + u["click_bias"] + i["click_quality"]
+            + np.einsum("nk,nk->n", u["click_latent"], i["click_latent"])
+        )  # fmt: skip
+        rated = i["review_count"] > 0
+        buy = (
+            u["buy_bias"] + i["buy_quality"] + e["age_buy"][u["age_bucket"]] + e["level_buy"][u["user_level"]]
+            + e["occupation_buy"][u["occupation"]] + e["category_buy"][i["category"]]
+            + np.einsum("nk,nk->n", u["buy_latent"], i["buy_latent"]) + 0.06 * np.log1p(i["review_count"])
+            + np.where(rated, 0.3 * (i["item_rating"] - 4.0), 0.0) + 0.6 * (i["shop_rating"] - 4.5)
+        )  # fmt: skip
+        # Expensive-for-its-category hurts purchases, less so for high-level users.
+        price_term = -0.6 * i["relative_log_price"] * (1.3 - u["user_level"] / 9.0)
+        columns = {
+            "ts": day * SECONDS_PER_DAY + seconds, "user_id": u["id"], "item_id": i["id"],
+            **{name: u[name] for name in ("age_bucket", "gender", "city", "user_level", "occupation")},
+            **{name: i[name] for name in ("category", "brand", "shop", "price_level")},
+            "hour": hour, "weekday": weekday, "device": device, "os": os_, "network": network,
+            "slot_position": slot, "page": page, "price": i["price"], "discount": discount,
+            "item_hist_ctr": i["hist_ctr"], "item_hist_cvr": i["hist_cvr"],
+            "user_hist_ctr": u["hist_ctr"], "user_hist_cvr": u["hist_cvr"],
+            "user_active_days": u["active_days"], "item_age_days": i["age_days"],
+            "item_review_count": i["review_count"], "item_rating": i["item_rating"],
+            "shop_rating": i["shop_rating"], "distance_km": distance_km, "session_depth": session_depth,
+            "_affinity": affinity, "_position": -cfg.position_bias * np.log1p(slot),
+            "_cart_own": buy + 0.5 * price_term,
+            "_conversion_own": buy + price_term - 0.2 * np.log1p(distance_km),
+        }  # fmt: skip
+        return Impressions(columns, lists)
+
+
+def _recent_list(rng, favourites, mean_length, empty_rate, max_length, favourite_share, draw_popular):
+    """Variable-length history lists: mostly the user's favourites, the rest popular items."""
+    n = len(favourites)
+    lengths = np.minimum(max_length, 1 + rng.poisson(np.maximum(mean_length - 1.0, 0.0)))
+    lengths[rng.random(n) < empty_rate] = 0
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    rows = np.repeat(np.arange(n), lengths)
+    values = draw_popular(len(rows))
+    from_favourites = rng.random(len(rows)) < favourite_share
+    picks = rng.integers(0, favourites.shape[1], int(from_favourites.sum()))
+    values[from_favourites] = favourites[rows[from_favourites], picks]
+    return offsets, values
+
+
+def _pick_brand(e: Table, category: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A brand of each category; squaring the uniform makes a category's first brands its leaders."""
+    within = np.floor(e["brand_count"][category] * rng.random(len(category)) ** 2).astype(np.int64)
+    return e["brand_ids"][e["brand_start"][category] + within]
+
+
+def _build_effects(cfg: GeneratorConfig, rng: np.random.Generator) -> Table:
+    """Low-cardinality effects and latents: the learnable bulk of the logits."""
+    nc, k_buy = cfg.num_categories, max(2, cfg.latent_dim // 2)
+    normal = lambda std, size: rng.normal(0.0, std, size)
+    e = {
+        "age_click": normal(0.4, 8), "gender_click": normal(0.15, 3), "level_click": normal(0.2, 10),
+        "city_click": normal(0.25, cfg.num_cities), "occupation_click": normal(0.35, 32),
+        "hour_click": 0.4 * np.cos(2 * np.pi * (np.arange(24) - 21) / 24),  # evening peak
+        "weekday_click": np.array([0.0, -0.02, 0.0, 0.02, 0.06, 0.15, 0.12]),  # Monday first
+        "device_click": normal(0.45, 5), "os_click": normal(0.15, 4), "network_click": normal(0.25, 4),
+        "category_click": normal(0.4, nc), "brand_click": normal(0.12, cfg.num_brands),
+        "shop_click": normal(0.1, cfg.num_shops), "age_buy": normal(0.2, 8),
+        "level_buy": 0.08 * (np.arange(10) - 4.5), "occupation_buy": normal(0.2, 32),
+        "category_buy": normal(0.35, nc), "category_log_price": rng.normal(3.3, 0.9, nc),
+        "shop_rating": np.clip(np.round(rng.normal(4.5, 0.25, cfg.num_shops), 1), 1.0, 5.0),
+        "city_cdf": zipf_cdf(cfg.num_cities, 1.0, 1.0), "occupation_cdf": zipf_cdf(32, 0.7, 2.0),
+        "category_cdf": zipf_cdf(nc, cfg.category_zipf, 1.0),
+        "shop_cdf": zipf_cdf(cfg.num_shops, 0.8, cfg.zipf_offset), "shop_ids": rng.permutation(cfg.num_shops),
+    }  # fmt: skip
+    part = cfg.segment_latent_scale / math.sqrt(3.0)  # a segment latent sums three parts
+    for kind, dim in (("latent", cfg.latent_dim), ("buy_latent", k_buy)):
+        for name, size in (("age", 8), ("gender", 3), ("occupation", 32)):
+            e[f"{name}_{kind}"] = normal(part, (size, dim)).astype(np.float32)
+        e[f"category_{kind}"] = normal(cfg.segment_latent_scale, (nc, dim)).astype(np.float32)
+    # Every category owns at least one brand; the others follow category popularity.
+    more_brands = draw(e["category_cdf"], rng, cfg.num_brands - nc)
+    brand_category = np.sort(np.concatenate([np.arange(nc), more_brands]))
+    e["brand_start"] = np.searchsorted(brand_category, np.arange(nc))
+    e["brand_count"] = np.bincount(brand_category, minlength=nc)
+    e["brand_ids"] = rng.permutation(cfg.num_brands)  # a brand id does not reveal its category
+    # A large Zipf sample to pick categories from uniformly: far faster than searchsorted for millions.
+    e["category_pool"] = draw(e["category_cdf"], rng, 1 << 20).astype(np.int32)
+    return e
+
+
+def _hist_rates(rng, cfg: GeneratorConfig, past_impressions: np.ndarray, p_click, p_buy):
+    """Yesterday's smoothed CTR and CVR of each entity: noisy when it had few impressions."""
+    prior_ctr, prior_cvr = cfg.click_rate, cfg.cart_rate * cfg.conversion_rate
+    strength = cfg.hist_prior_strength
+    impressions = rng.poisson(past_impressions)
+    clicks = rng.binomial(impressions, p_click)
+    orders = rng.binomial(clicks, p_buy)
+    ctr = (clicks + strength * prior_ctr) / (impressions + strength)
+    cvr = (orders + strength * prior_cvr) / (clicks + strength)
+    return ctr.astype(np.float32), cvr.astype(np.float32), orders
+
+
+def _build_users(cfg: GeneratorConfig, e: Table, rng, ids: np.ndarray, past_impressions: np.ndarray) -> Table:
+    n, s = len(ids), cfg.individual_latent_scale
+    age, gender = draw(np.cumsum(AGE_SHARE), rng, n), draw(np.cumsum(GENDER_SHARE), rng, n)
+    level, occupation = rng.binomial(9, 0.35, n), draw(e["occupation_cdf"], rng, n)
+    city = draw(e["city_cdf"], rng, n)
+    click_bias, buy_bias = rng.normal(0, cfg.id_effect_scale, (2, n))
+    click_latent = e["age_latent"][age] + e["gender_latent"][gender] + e["occupation_latent"][occupation]
+    click_latent += rng.normal(0, s, click_latent.shape).astype(np.float32)
+    buy_latent = e["age_buy_latent"][age] + e["gender_buy_latent"][gender]
+    buy_latent += e["occupation_buy_latent"][occupation]
+    buy_latent += rng.normal(0, s, buy_latent.shape).astype(np.float32)
+    # Favourites: the best of 8 popular categories under the user's own latent taste.
+    favourites = np.empty((n, cfg.favourite_categories), dtype=np.int32)
+    for lo in range(0, n, 50_000):
+        hi = min(n, lo + 50_000)
+        candidates = e["category_pool"][rng.integers(0, len(e["category_pool"]), (hi - lo, 8))]
+        taste = np.einsum("nk,nck->nc", click_latent[lo:hi], e["category_latent"][candidates])
+        best = np.argpartition(-taste, cfg.favourite_categories - 1, axis=1)[:, : cfg.favourite_categories]
+        favourites[lo:hi] = np.take_along_axis(candidates, best, axis=1)
+    user_click = click_bias + e["age_click"][age] + e["gender_click"][gender] + e["city_click"][city]
+    user_click += e["level_click"][level] + e["occupation_click"][occupation]
+    user_buy = buy_bias + e["age_buy"][age] + e["level_buy"][level]
+    hist_ctr, hist_cvr, _ = _hist_rates(
+        rng, cfg, past_impressions, sigmoid(logit(cfg.click_rate) + user_click),
+        sigmoid(logit(cfg.cart_rate * cfg.conversion_rate) + user_buy),
+    )  # fmt: skip
+    active_days = np.minimum(365, 1 + rng.poisson(5 + 3 * np.sqrt(past_impressions)))
+    return {  # narrow dtypes: every worker holds a copy
+        "id": ids.astype(np.int64), "age_bucket": age.astype(np.int8), "gender": gender.astype(np.int8),
+        "city": city.astype(np.int32), "user_level": level.astype(np.int8),
+        "occupation": occupation.astype(np.int8), "click_bias": click_bias.astype(np.float32),
+        "buy_bias": buy_bias.astype(np.float32), "click_latent": click_latent, "buy_latent": buy_latent,
+        "favourite_categories": favourites,
+        "favourite_brands": _pick_brand(e, favourites.ravel(), rng).astype(np.int32).reshape(n, -1),
+        "recent_length": np.clip(2 + 2 * np.log1p(past_impressions), 2, 18).astype(np.float32),
+        "hist_ctr": hist_ctr, "hist_cvr": hist_cvr,
+        "active_days": np.where(past_impressions > 0, active_days, 0).astype(np.float32),
+    }  # fmt: skip
+
+
+def _build_items(cfg: GeneratorConfig, e: Table, rng, ids: np.ndarray, past_impressions: np.ndarray) -> Table:
+    n, s = len(ids), cfg.individual_latent_scale
+    category = draw(e["category_cdf"], rng, n)
+    brand, shop = _pick_brand(e, category, rng), e["shop_ids"][draw(e["shop_cdf"], rng, n)]
+    log_price = e["category_log_price"][category] + rng.normal(0, 0.6, n)
+    price = np.maximum(np.round(np.exp(log_price), 2), 0.5)
+    click_quality, buy_quality = rng.normal(0, cfg.id_effect_scale, (2, n))
+    click_latent = e["category_latent"][category] + rng.normal(0, s, (n, cfg.latent_dim))
+    buy_latent = e["category_buy_latent"][category]
+    buy_latent = buy_latent + rng.normal(0, s, buy_latent.shape)
+    item_click = click_quality + e["category_click"][category]
+    item_click += e["brand_click"][brand] + e["shop_click"][shop]
+    hist_ctr, hist_cvr, orders = _hist_rates(
+        rng, cfg, past_impressions, sigmoid(logit(cfg.click_rate) + item_click),
+        sigmoid(logit(cfg.cart_rate * cfg.conversion_rate) + buy_quality + e["category_buy"][category]),
+    )  # fmt: skip
+    reviews = rng.binomial(orders, 0.5)
+    # Ratings follow purchase quality, the more precisely the more reviews back them; 0 = no review yet.
+    rating = np.clip(np.round(4.1 + 1.5 * buy_quality + rng.normal(0, 1, n) / np.sqrt(reviews + 1), 1), 1, 5)
+    new = past_impressions <= 0
+    return {
+        "id": ids.astype(np.int64), "category": category.astype(np.int32), "brand": brand.astype(np.int32),
+        "shop": shop.astype(np.int32), "price": price.astype(np.float32),
+        "relative_log_price": (np.log(price) - e["category_log_price"][category]).astype(np.float32),
+        "click_quality": click_quality.astype(np.float32), "buy_quality": buy_quality.astype(np.float32),
+        "click_latent": click_latent.astype(np.float32), "buy_latent": buy_latent.astype(np.float32),
+        "hist_ctr": hist_ctr, "hist_cvr": hist_cvr,
+        "age_days": np.where(new, rng.random(n), 1 + rng.exponential(250, n)).astype(np.float32),
+        "review_count": reviews.astype(np.float32),
+        "item_rating": np.where(reviews > 0, rating, 0).astype(np.float32),
+        "shop_rating": e["shop_rating"][shop].astype(np.float32),
+    }  # fmt: skip

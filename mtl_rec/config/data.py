@@ -1,0 +1,25 @@
+"""How the pipeline reads, checks and batches the logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Reader, validator and batching settings.
+
+    on_bad_rows:  error      stop at the first block with bad rows; the message names file, column, counts
+                  quarantine write bad rows with a `_reject_reason` under RUN_DIR/quarantine and count them
+    on_bad_files: error      an empty, corrupt or mis-typed file stops the job
+                  skip       such a file is set aside, listed with its reason and row count in the summary
+    """
+
+    batch_size: int = 4096
+    eval_batch_size: int = 16384
+    on_bad_rows: Literal["error", "quarantine"] = "error"
+    on_bad_files: Literal["error", "skip"] = "error"
+    prefetch_batches: int = 2
+    # rows per streamed block (one Parquet row-group read); blocks are the unit the split hands out
+    rows_per_block: int = 65536

@@ -1,0 +1,169 @@
+"""The feature spec: one YAML file read by the reader, the validator, the transform and the model.
+
+Example::
+
+    >>> spec = load_feature_spec("jobs/configs/features.yaml")
+    >>> spec.sparse_names[:2], spec.num_dense
+    (('user_id', 'item_id'), 13)
+    >>> spec.tables["user_id"].num_embeddings
+    1000000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml
+
+IdMap = Literal["hash", "mod", "identity"]
+Pooling = Literal["sum", "mean"]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One embedding table. `id_map` turns a raw id into a row in [0, num_embeddings):
+    hash (salted by table name, so features sharing a table agree), mod, or identity (raw ids must
+    already be in range; an id out of range is a bad row, never clamped)."""
+
+    num_embeddings: int
+    dim: int
+    id_map: IdMap = "hash"
+
+    def __post_init__(self) -> None:
+        if self.num_embeddings <= 0 or self.dim <= 0:
+            raise ConfigError(
+                f"table sizes must be positive, got num_embeddings={self.num_embeddings} dim={self.dim}"
+            )
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """A categorical feature: an int64 column, or a list<int64> column when `multi_hot`.
+    It becomes one KeyedJaggedTensor key (`name`) looked up in `table`."""
+
+    name: str
+    table: str
+    column: str = ""  # defaults to name
+    multi_hot: bool = False
+    pooling: Pooling = "sum"
+
+    def __post_init__(self) -> None:
+        if not self.column:
+            object.__setattr__(self, "column", self.name)
+
+
+@dataclass(frozen=True)
+class DenseFeature:
+    """A float feature, transformed (log1p) then scaled with statistics from the training dates."""
+
+    name: str
+    column: str = ""
+    transform: Literal["none", "log1p"] = "none"
+    scaling: Literal["standard", "minmax", "none"] = "standard"
+
+    def __post_init__(self) -> None:
+        if not self.column:
+            object.__setattr__(self, "column", self.name)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything the pipeline and model know about the log's columns."""
+
+    tables: dict[str, TableSpec]
+    sparse: tuple[SparseFeature, ...]
+    dense: tuple[DenseFeature, ...]
+    labels: tuple[str, ...]
+    funnel: tuple[str, ...] = ()  # ordered stages, each implying the one before (click, cart, conversion)
+    date_column: str = "dt"
+    id_column: str = "request_id"
+    time_column: str = "ts"
+    group_key: str = "user_id"
+    truth_prefix: str = "_truth_"
+    mask_prefix: str = "_mask_"
+    meta_columns: tuple[str, ...] = field(default=())  # extra columns carried for reports (slices)
+
+    def __post_init__(self) -> None:
+        problems = []
+        names = [f.name for f in self.sparse] + [f.name for f in self.dense]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            problems.append(f"feature names used twice: {', '.join(duplicates)}")
+        for feature in self.sparse:
+            if feature.table not in self.tables:
+                problems.append(
+                    f"sparse feature {feature.name!r} reads table {feature.table!r}, which is not in tables "
+                    f"({', '.join(self.tables)})"
+                )
+        unused = sorted(set(self.tables) - {f.table for f in self.sparse})
+        if unused:
+            problems.append(f"tables no feature reads: {', '.join(unused)}")
+        for feature in (*self.sparse, *self.dense):
+            why = self._why_not_a_feature(feature.column)
+            if why:
+                problems.append(f"feature {feature.name!r} reads column {feature.column!r}, which is {why}")
+        for table in self.tables:
+            poolings = {f.pooling for f in self.sparse if f.table == table and f.multi_hot}
+            if len(poolings) > 1:
+                problems.append(
+                    f"table {table!r} is read by multi-hot features with different pooling "
+                    f"{sorted(poolings)}; "
+                    "TorchRec pools per table: use one pooling or separate tables"
+                )
+        missing_stages = [s for s in self.funnel if s not in self.labels]
+        if missing_stages:
+            problems.append(f"funnel stages {missing_stages} are not labels {list(self.labels)}")
+        if not self.labels:
+            problems.append("at least one label is required")
+        if problems:
+            raise ConfigError("invalid feature spec:\n  " + "\n  ".join(problems))
+
+    def _why_not_a_feature(self, column: str) -> str | None:
+        if column in self.labels:
+            return "a label (labels can never be features)"
+        if column.startswith(self.truth_prefix):
+            return f"a hidden-model truth column (prefix {self.truth_prefix!r}; never a feature)"
+        if column.startswith(self.mask_prefix):
+            return f"a sample-space mask (prefix {self.mask_prefix!r}; never a feature)"
+        if column == self.id_column:
+            return "the row id column (never a feature)"
+        if column == self.date_column:
+            return "the date partition column (never a feature)"
+        return None
+
+    @property
+    def sparse_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.sparse)
+
+    @property
+    def dense_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.dense)
+
+    def table_pooling(self, table: str) -> str:
+        """The table's pooling: that of its multi-hot features (single-hot pooling is moot), else sum."""
+        return next((f.pooling for f in self.sparse if f.table == table and f.multi_hot), "sum")
+
+    def table_features(self, table: str) -> tuple[str, ...]:
+        return tuple(f.name for f in self.sparse if f.table == table)
+
+    @property
+    def num_dense(self) -> int:
+        return len(self.dense)
+
+    def input_columns(self) -> list[str]:
+        """The Parquet columns the reader loads, in a stable order, without duplicates."""
+        wanted = [self.id_column, self.time_column, self.group_key]
+        wanted += [f.column for f in self.sparse] + [f.column for f in self.dense]
+        wanted += list(self.labels) + list(self.meta_columns)
+        return list(dict.fromkeys(c for c in wanted if c))
+
+
+def load_feature_spec(path: str | Path, overrides: tuple[str, ...] = ()) -> FeatureSpec:
+    """Read a feature-spec YAML (plus `key=value` overrides) into a validated FeatureSpec."""
+    data = apply_overrides(load_yaml(path), overrides)
+    try:
+        return from_dict(FeatureSpec, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e

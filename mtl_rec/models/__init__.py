@@ -1,0 +1,77 @@
+"""Multi-task backbones, task heads and the full model.
+
+One file per backbone; this dict registers them. Adding an architecture = a new file defining the
+backbone and its config dataclass + one line in MODELS. Every backbone has the same contract:
+
+    __init__(input_dim: int, task_names: Sequence[str], config: <its config dataclass>)
+    output_dims: dict[str, int]                      {task: H_task}
+    forward(x: Tensor[B, input_dim]) -> {task: Tensor[B, H_task]}
+
+MultiTaskModel (model.py) imports TorchRec, so it is imported on first use rather than here: config
+validation (which reads MODELS) stays light on a Ray driver.
+
+Example::
+
+    >>> backbone = build_backbone(ModelConfig(arch="mmoe", params={"num_experts": 2}), 32, ["ctr", "cvr"])
+    >>> backbone.output_dims
+    {'ctr': 128, 'cvr': 128}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from mtl_rec.config.model import ModelConfig
+from mtl_rec.models.cgc import CGC, CGCConfig
+from mtl_rec.models.heads import TaskHeads, TaskOutputs, entire_space, log1mexp
+from mtl_rec.models.mmoe import MMoE, MMoEConfig
+from mtl_rec.models.omoe import OMoE, OMoEConfig
+from mtl_rec.models.ple import PLE, PLEConfig
+from mtl_rec.models.shared_bottom import SharedBottom, SharedBottomConfig
+
+MODELS: dict[str, tuple[type[nn.Module], type]] = {
+    "shared_bottom": (SharedBottom, SharedBottomConfig),
+    "omoe": (OMoE, OMoEConfig),
+    "mmoe": (MMoE, MMoEConfig),
+    "cgc": (CGC, CGCConfig),
+    "ple": (PLE, PLEConfig),
+}
+
+
+def build_backbone(model_cfg: ModelConfig, input_dim: int, task_names: Sequence[str]) -> nn.Module:
+    """The registered backbone `model_cfg.arch`, its params checked by from_dict(ConfigClass, params)."""
+    arch_config = model_cfg.arch_config()  # ConfigError naming the registered archs / valid keys
+    backbone_class, _ = MODELS[model_cfg.arch]
+    return backbone_class(input_dim, task_names, arch_config)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MultiTaskModel":
+        from mtl_rec.models.model import MultiTaskModel
+
+        return MultiTaskModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CGC",
+    "MODELS",
+    "MMoE",
+    "OMoE",
+    "PLE",
+    "CGCConfig",
+    "MMoEConfig",
+    "MultiTaskModel",
+    "OMoEConfig",
+    "PLEConfig",
+    "SharedBottom",
+    "SharedBottomConfig",
+    "TaskHeads",
+    "TaskOutputs",
+    "build_backbone",
+    "entire_space",
+    "log1mexp",
+]

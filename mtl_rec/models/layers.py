@@ -1,0 +1,84 @@
+"""Building blocks shared by the backbones: MLP, a stack of expert MLPs, a softmax gate.
+
+Example::
+
+    >>> mlp = MLP(32, MLPConfig(hidden=(64, 16)))
+    >>> mlp(torch.randn(8, 32)).shape, mlp.output_dim
+    (torch.Size([8, 16]), 16)
+    >>> experts, gate = Experts(32, 4, MLPConfig(hidden=(16,))), Gate(32, 4)
+    >>> x = torch.randn(8, 32)
+    >>> mix_experts(gate(x), experts(x)).shape
+    torch.Size([8, 16])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtl_rec.config.model import MLPConfig
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class MLP(nn.Module):
+    """[B, in_dim] -> [B, output_dim]: per hidden width, Linear -> [BatchNorm1d] -> activation -> [Dropout].
+
+    With `hidden=()` it is the identity and output_dim == in_dim.
+    """
+
+    def __init__(self, in_dim: int, config: MLPConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for hidden in config.hidden:
+            layers.append(nn.Linear(width, hidden))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(ACTIVATIONS[config.activation]())
+            if config.dropout > 0:
+                layers.append(nn.Dropout(config.dropout))
+            width = hidden
+        self.layers = nn.Sequential(*layers)
+        self.output_dim = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)  # [B, in_dim] -> [B, output_dim]
+
+
+class Experts(nn.Module):
+    """E independent expert MLPs over the same input: [B, in_dim] -> [B, E, H].
+
+    A list of MLPs rather than one batched matmul: E is small (2-16), and each expert stays an
+    ordinary MLP (BatchNorm, dropout) with readable parameter names (`experts.0.layers.0.weight`).
+    """
+
+    def __init__(self, in_dim: int, num_experts: int, config: MLPConfig) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"need at least one expert, got {num_experts}")
+        self.experts = nn.ModuleList(MLP(in_dim, config) for _ in range(num_experts))
+        self.num_experts = num_experts
+        self.output_dim = self.experts[0].output_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([expert(x) for expert in self.experts], dim=1)  # E x [B, H] -> [B, E, H]
+
+
+class Gate(nn.Module):
+    """Softmax mixture weights over E experts: [B, in_dim] -> [B, E], each row sums to 1.
+
+    No bias: MMoE's gate is g(x) = softmax(W x), so the mixture depends on the input alone.
+    """
+
+    def __init__(self, in_dim: int, num_experts: int) -> None:
+        super().__init__()
+        self.logits = nn.Linear(in_dim, num_experts, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.logits(x), dim=-1)  # [B, in_dim] -> [B, E] -> softmax over E
+
+
+def mix_experts(weights: Tensor, expert_outputs: Tensor) -> Tensor:
+    """Gate-weighted sum of expert outputs: [B, E] x [B, E, H] -> [B, H]."""
+    return torch.einsum("be,beh->bh", weights, expert_outputs)  # [B, E] x [B, E, H] -> [B, H]

@@ -1,0 +1,106 @@
+"""The whole Ray Data chain: read -> validate -> transform, then Batch iteration on each consumer.
+
+Validation and filtering happen here, before Ray Train splits the dataset, so every rank sees
+the same stream shape (filtering per rank after the split would desynchronise DDP). Read, validate
+and transform run in ONE task per file, block by block (no re-batching, one pass over the memory).
+
+Example::
+
+    >>> inventory = inspect_logs(logs, parse_dates("2026-11-18..2026-11-19"), spec)
+    >>> stats = compute_stats(inventory, spec, data_cfg)
+    >>> ds = build_dataset(inventory, spec, stats, spaces, data_cfg, quarantine_dir="run/quarantine")
+    >>> for batch in iter_batches(ds, layout_for(spec, spaces, inventory), batch_size=4096):
+    ...     ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from mtl_rec.config import FeatureSpec, FeatureStats, SampleSpace
+from mtl_rec.config.data import DataConfig
+from pipelines.collate import BatchLayout, collate
+from pipelines.errors import surface_bad_input
+from pipelines.prepare import moments_block, prepare_block
+from pipelines.read import LogInventory, read_logs
+from pipelines.transform import reduce_moments
+
+
+def configure_ray_data() -> None:
+    """Ray Data settings the pipeline relies on; call on the driver before building datasets."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    # Keep our BadInputError (file, column, counts) as the exception type instead of UserCodeException.
+    ctx.raise_original_map_exception = True
+
+
+def _quarantine(policy: str, quarantine_dir: str | Path | None) -> str | None:
+    if policy == "quarantine" and not quarantine_dir:
+        raise ValueError("on_bad_rows=quarantine needs a quarantine directory (RUN_DIR/quarantine)")
+    return str(quarantine_dir) if quarantine_dir else None
+
+
+def compute_stats(
+    inventory: LogInventory, spec: FeatureSpec, data: DataConfig, quarantine_dir: str | Path | None = None
+) -> FeatureStats:
+    """Dense-feature moments over the validated rows of the inventory (the training dates)."""
+    configure_ray_data()
+    ds = read_logs(
+        inventory,
+        moments_block,
+        data.rows_per_block,
+        spec=spec,
+        policy=data.on_bad_rows,
+        quarantine_dir=_quarantine(data.on_bad_rows, quarantine_dir),
+    )
+    with surface_bad_input():
+        rows = ds.take_all()
+    return reduce_moments(rows, spec, dates=sorted({f.date.isoformat() for f in inventory.files}))
+
+
+def build_dataset(
+    inventory: LogInventory,
+    spec: FeatureSpec,
+    stats: FeatureStats,
+    spaces: Mapping[str, SampleSpace],
+    data: DataConfig,
+    quarantine_dir: str | Path | None = None,
+):
+    """A lazy ray.data.Dataset of transformed blocks (columns documented in pipelines.transform)."""
+    configure_ray_data()
+    return read_logs(
+        inventory,
+        prepare_block,
+        data.rows_per_block,
+        spec=spec,
+        stats=stats,
+        spaces=dict(spaces),
+        policy=data.on_bad_rows,
+        quarantine_dir=_quarantine(data.on_bad_rows, quarantine_dir),
+    )
+
+
+def layout_for(spec: FeatureSpec, spaces: Mapping[str, SampleSpace], inventory: LogInventory) -> BatchLayout:
+    """The BatchLayout transform_block produces for this spec (no need to look at data)."""
+    meta = (spec.group_key, spec.time_column, *spec.meta_columns, *inventory.truth_columns)
+    return BatchLayout(
+        sparse=spec.sparse_names,
+        multi_hot=frozenset(f.name for f in spec.sparse if f.multi_hot),
+        labels=tuple(spec.labels),
+        masks=tuple(spaces),
+        meta=tuple(dict.fromkeys(meta)),
+    )
+
+
+def iter_batches(
+    source, layout: BatchLayout, batch_size: int, prefetch_batches: int = 2, drop_last: bool = False
+) -> Iterator:
+    """Batches from a ray.data.Dataset or a DataIterator (a Ray Train shard). The last may be short."""
+    tables = source.iter_batches(
+        batch_size=batch_size, batch_format="pyarrow", prefetch_batches=prefetch_batches, drop_last=drop_last
+    )
+    with surface_bad_input():
+        for table in tables:
+            yield collate(table, layout)

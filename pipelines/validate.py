@@ -1,0 +1,163 @@
+"""Row-level validation of a block of logs, vectorised with pyarrow / numpy.
+
+Each row gets the FIRST reason it fails (checks run in a fixed order), so counts add up to the
+number of bad rows. Under `on_bad_rows: error` the first bad block stops the job with the file,
+column and counts; under `quarantine` bad rows are written with a `_reject_reason` column to
+QUARANTINE_DIR/<file-stem>-<first request id>.parquet and dropped from the block. The name is a
+function of the rows, so re-running a block (a second epoch, a stats pass, a retried task) rewrites
+the same file, and `quarantine_summary` counts distinct request ids: nothing is counted twice.
+
+Example::
+
+    >>> good = validate_block(table, spec, policy="quarantine", quarantine_dir="run/quarantine")
+    >>> quarantine_summary("run/quarantine")["rows"]
+    3
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mtl_rec.config import FeatureSpec
+from pipelines.errors import BadRowsError
+
+REASON_COLUMN = "_reject_reason"
+SOURCE_COLUMN = "_source_file"
+
+
+def _np(array: pa.Array | pa.ChunkedArray, fill) -> np.ndarray:
+    """A numpy view of an Arrow column with nulls replaced by `fill` (a sentinel the checks reject)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.null_count:
+        array = pc.fill_null(array, fill)
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _null(array) -> np.ndarray | bool:
+    """[B] bool: null (or NaN) entries. Plain False, which broadcasts, when Arrow counts no nulls and
+    the type cannot hold NaN: most columns, and the scan is skipped."""
+    if array.null_count == 0 and not pa.types.is_floating(array.type):
+        return False
+    return _np(pc.is_null(array, nan_is_null=True), False)
+
+
+def _id_checks(name: str, ids: np.ndarray, nulls: np.ndarray, limit: int | None):
+    yield f"{name}: null id", nulls
+    yield f"{name}: negative id", ids < 0
+    if limit is not None:
+        yield f"{name}: id >= num_embeddings ({limit}) of an identity-mapped table", ids >= limit
+
+
+def _row_checks(table: pa.Table, spec: FeatureSpec):
+    """Yield (reason, [B] bool) for every check, in order."""
+    n = table.num_rows
+    yield f"{spec.id_column}: null", _null(table[spec.id_column])
+    yield f"{spec.time_column}: null", _null(table[spec.time_column])
+    yield f"{spec.group_key}: null", _null(table[spec.group_key])
+    for feature in spec.sparse:
+        column = table[feature.column].combine_chunks()
+        table_spec = spec.tables[feature.table]
+        limit = table_spec.num_embeddings if table_spec.id_map == "identity" else None
+        if not feature.multi_hot:
+            yield from _id_checks(feature.column, _np(column, 0), _null(column), limit)
+            continue
+        yield f"{feature.column}: null list", _null(column)
+        values = pc.list_flatten(column)
+        parents = _np(pc.list_parent_indices(column), 0)
+        for reason, bad_values in _id_checks(feature.column, _np(values, 0), _null(values), limit):
+            bad_rows = np.zeros(n, dtype=bool)
+            if bad_values is not False:
+                bad_rows[parents[bad_values]] = True  # a row is bad when any of its ids is
+            yield reason.replace(" id", " id in list", 1), bad_rows
+    for feature in spec.dense:
+        column = table[feature.column]
+        values = _np(column, 0.0).astype(np.float64, copy=False)
+        yield f"{feature.column}: null, NaN or inf", _null(column) | ~np.isfinite(values)
+        if feature.transform == "log1p":
+            yield f"{feature.column}: negative value (log1p transform needs >= 0)", values < 0
+    labels = {}
+    for label in spec.labels:
+        column = table[label]
+        values = _np(column, -1).astype(np.float64, copy=False)
+        nulls = _null(column)
+        yield f"{label}: null or NaN label", nulls
+        outside = ~np.isin(values, (0.0, 1.0))  # [B]; nulls were filled with -1, reported just above
+        yield f"{label}: label not in {{0, 1}}", outside if nulls is False else outside & ~nulls
+        labels[label] = values
+    for parent, child in zip(spec.funnel, spec.funnel[1:]):
+        yield f"{child}: {child}=1 without {parent}=1 (funnel)", (labels[child] == 1) & (labels[parent] != 1)
+
+
+def find_bad_rows(table: pa.Table, spec: FeatureSpec) -> tuple[np.ndarray, list[str]]:
+    """([B] int16 index into reasons, -1 for good rows; reasons)."""
+    first = np.full(table.num_rows, -1, dtype=np.int16)
+    reasons = []
+    for reason, bad in _row_checks(table, spec):
+        if bad is not False:
+            first[(first < 0) & bad] = len(reasons)
+        reasons.append(reason)
+    return first, reasons
+
+
+def validate_block(
+    table: pa.Table, spec: FeatureSpec, policy: str, quarantine_dir: str | None, source: str = "<memory>"
+) -> pa.Table:
+    """The block's good rows; the bad ones are raised or quarantined per `policy`. `source` names the file."""
+    first, reasons = find_bad_rows(table, spec)
+    bad = first >= 0
+    if not bad.any():
+        return table
+    if policy == "error":
+        raise BadRowsError(_describe(source, first, reasons))
+    if policy != "quarantine" or not quarantine_dir:
+        raise ValueError(
+            f"on_bad_rows must be 'error' or 'quarantine' (with a quarantine dir), got {policy!r}"
+        )
+    rejected = table.filter(pa.array(bad))
+    reason_text = np.asarray(reasons, dtype=object)[first[bad]]
+    rejected = rejected.append_column(REASON_COLUMN, pa.array(reason_text, pa.string()))
+    rejected = rejected.append_column(SOURCE_COLUMN, pa.array([source] * rejected.num_rows, pa.string()))
+    _write_quarantine(rejected, spec, Path(quarantine_dir), source)
+    return table.filter(pa.array(~bad))
+
+
+def _describe(source: str, first: np.ndarray, reasons: list[str]) -> str:
+    codes, counts = np.unique(first[first >= 0], return_counts=True)
+    detail = "; ".join(f"{reasons[c]}: {k} rows" for c, k in zip(codes, counts))
+    return (
+        f"{source}: {counts.sum()} bad of {len(first)} rows in this block ({detail}); "
+        "policy on_bad_rows=error (set data.on_bad_rows=quarantine to set them aside)"
+    )
+
+
+def _write_quarantine(rejected: pa.Table, spec: FeatureSpec, quarantine_dir: Path, source: str) -> None:
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    ids = rejected[spec.id_column].to_pylist()
+    key = hashlib.sha1(f"{source}|{ids[0]}|{ids[-1]}|{len(ids)}".encode()).hexdigest()[:16]
+    final = quarantine_dir / f"{Path(source).stem}-{key}.parquet"
+    temporary = final.with_suffix(f".{np.random.randint(1 << 30)}.tmp")
+    pq.write_table(rejected, temporary)
+    temporary.replace(final)  # atomic: a reader never sees half a file
+
+
+def quarantine_summary(quarantine_dir: str | Path, id_column: str = "request_id") -> dict:
+    """{"rows": distinct quarantined request ids, "by_reason": {...}, "by_file": {...}}."""
+    quarantine_dir = Path(quarantine_dir)
+    files = sorted(quarantine_dir.glob("*.parquet")) if quarantine_dir.is_dir() else []
+    if not files:
+        return {"rows": 0, "by_reason": {}, "by_file": {}}
+    tables = [pq.read_table(f, columns=[id_column, REASON_COLUMN, SOURCE_COLUMN]) for f in files]
+    merged = pa.concat_tables(tables, promote_options="permissive")
+    _, first_index = np.unique(_np(merged[id_column], -1), return_index=True)
+    merged = merged.take(pa.array(first_index))
+    count = lambda col: {
+        str(k): int(v) for k, v in zip(*np.unique(_np(merged[col], "?"), return_counts=True))
+    }  # noqa: E731
+    return {"rows": merged.num_rows, "by_reason": count(REASON_COLUMN), "by_file": count(SOURCE_COLUMN)}

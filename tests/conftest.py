@@ -1,0 +1,33 @@
+import os
+
+import pytest
+
+# FBGEMM clamps out-of-range ids to row 0 with only a warning; make it fatal in tests.
+os.environ.setdefault("FBGEMM_TBE_BOUNDS_CHECK_MODE", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session: 2 logical CPUs as on CI, no dashboard."""
+    import ray
+    from ray.data import DataContext
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def generated_logs(tmp_path_factory):
+    """Two generated days of 30k rows each (the real generator, real Parquet)."""
+    import datetime as dt
+
+    from jobs.make_logs import GeneratorConfig, generate_logs
+
+    root = tmp_path_factory.mktemp("logs")
+    generate_logs(root, dt.date(2026, 11, 18), 2, 30_000, GeneratorConfig(seed=0, rows_per_file=10_000))
+    return root

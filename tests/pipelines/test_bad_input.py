@@ -1,0 +1,203 @@
+"""Every bad-input case: a clear error naming file, column and counts, or quarantine with counts."""
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mtl_rec.config import SampleSpace
+from mtl_rec.config.data import DataConfig
+from pipelines.dataset import build_dataset, compute_stats
+from pipelines.errors import BadInputError, BadRowsError
+from pipelines.read import inspect_logs, parse_dates
+from pipelines.validate import REASON_COLUMN, find_bad_rows, quarantine_summary, validate_block
+from tests.pipelines.tables import tiny_spec, tiny_table
+
+DAY1, DAY2 = dt.date(2026, 11, 18), dt.date(2026, 11, 19)
+
+
+def _write(root, day, table, name="part-00000.parquet"):
+    folder = root / f"dt={day.isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / name)
+    return folder / name
+
+
+def _with(table, column, values, type_=None):
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, column, pa.array(values, type_ or table.schema.field(column).type))
+
+
+SOURCE = "dt=2026-11-18/part-00007.parquet"
+
+
+def test_parse_dates():
+    assert parse_dates("2026-11-18..2026-11-20") == [DAY1, DAY2, dt.date(2026, 11, 20)]
+    assert parse_dates("2026-11-20,2026-11-18") == [DAY1, dt.date(2026, 11, 20)]
+    with pytest.raises(BadInputError, match="cannot parse date '2026-13-01'"):
+        parse_dates("2026-13-01")
+
+
+def test_missing_date_partition(tmp_path):
+    _write(tmp_path, DAY1, tiny_table())
+    with pytest.raises(
+        BadInputError, match=r"missing date partition: .*dt=2026-11-19.*present .*dt=2026-11-18"
+    ):
+        inspect_logs(tmp_path, [DAY1, DAY2], tiny_spec())
+
+
+def test_missing_column(tmp_path):
+    path = _write(tmp_path, DAY1, tiny_table().drop_columns(["price"]))
+    with pytest.raises(BadInputError, match=rf"{path}: missing column price"):
+        inspect_logs(tmp_path, [DAY1], tiny_spec())
+
+
+def test_wrong_column_type(tmp_path):
+    table = tiny_table()
+    path = _write(
+        tmp_path, DAY1, _with(table, "price", [str(v) for v in table["price"].to_pylist()], pa.string())
+    )
+    with pytest.raises(
+        BadInputError, match=rf"{path}: column price has type string, expected an integer or floating"
+    ):
+        inspect_logs(tmp_path, [DAY1], tiny_spec())
+
+
+def test_schema_drift_between_days(tmp_path):
+    first = _write(tmp_path, DAY1, tiny_table())
+    table = tiny_table(seed=1)
+    second = _write(
+        tmp_path, DAY2, _with(table, "device", table["device"].to_numpy().astype(np.int32), pa.int32())
+    )
+    with pytest.raises(
+        BadInputError, match=rf"{second}: schema drift: column device is int32 here but int64 in {first}"
+    ):
+        inspect_logs(tmp_path, [DAY1, DAY2], tiny_spec())
+
+
+def test_empty_and_corrupt_files_error_or_skip(tmp_path):
+    good = _write(tmp_path, DAY1, tiny_table(12))
+    empty = good.parent / "part-00001.parquet"
+    empty.write_bytes(b"")
+    corrupt = good.parent / "part-00002.parquet"
+    corrupt.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(BadInputError) as info:
+        inspect_logs(tmp_path, [DAY1], tiny_spec())
+    assert f"{empty}: empty file (0 bytes)" in str(info.value)
+    assert f"{corrupt}: unreadable Parquet file" in str(info.value)
+    assert "2 bad log files" in str(info.value)
+
+    inventory = inspect_logs(tmp_path, [DAY1], tiny_spec(), on_bad_files="skip")
+    assert inventory.paths == [str(good)] and inventory.rows == 12
+    assert {s["path"] for s in inventory.skipped} == {str(empty), str(corrupt)}
+
+
+def test_zero_row_file_is_valid_and_counts_zero(tmp_path):
+    _write(tmp_path, DAY1, tiny_table(6))
+    _write(tmp_path, DAY1, tiny_table(6).slice(0, 0), name="part-00001.parquet")
+    inventory = inspect_logs(tmp_path, [DAY1], tiny_spec())
+    assert [f.rows for f in inventory.files] == [6, 0] and inventory.truth_columns == ["_truth_p_click"]
+
+
+def _bad_cases():
+    t = tiny_table(6)
+    nan_price = t["price"].to_numpy().copy()
+    nan_price[[1, 4]] = [np.nan, np.inf]
+    list_with_negative = t["recent_categories"].to_pylist()
+    list_with_negative[0] = [3, -1]
+    return [
+        ("nan/inf dense", _with(t, "price", nan_price), "price: null, NaN or inf", 2),
+        (
+            "nan label",
+            _with(t, "click", [1.0, np.nan, 1.0, 1.0, 0.0, 1.0], pa.float32()),
+            "click: null or NaN label",
+            1,
+        ),
+        ("label 2", _with(t, "click", [1, 0, 2, 1, 0, 1]), "click: label not in {0, 1}", 1),
+        (
+            "conversion w/o cart",
+            _with(t, "conversion", [1, 1, 0, 1, 0, 0]),
+            "conversion: conversion=1 without cart=1",
+            1,
+        ),
+        ("cart w/o click", _with(t, "cart", [1, 1, 0, 1, 0, 0]), "cart: cart=1 without click=1", 1),
+        ("negative id", _with(t, "category", [5, -3, 7, 8, 9, 1]), "category: negative id", 1),
+        ("null id", _with(t, "category", [5, None, 7, None, 9, 1]), "category: null id", 2),
+        (
+            "negative in list",
+            _with(t, "recent_categories", list_with_negative),
+            "recent_categories: negative id in list",
+            1,
+        ),
+        (
+            "identity out of range",
+            _with(t, "device", [0, 1, 2, 3, 0, 1]),
+            "device: id >= num_embeddings (3)",
+            1,
+        ),
+        (
+            "negative for log1p",
+            _with(t, "price", [1.0, -2.0, 3.0, 4.0, 5.0, 6.0]),
+            "price: negative value (log1p",
+            1,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("case", "table", "reason", "count"), _bad_cases(), ids=[c[0] for c in _bad_cases()])
+def test_bad_rows_error_names_file_column_and_count(case, table, reason, count):
+    first, reasons = find_bad_rows(table, tiny_spec())
+    assert (first >= 0).sum() == count
+    with pytest.raises(BadRowsError) as info:
+        validate_block(table, tiny_spec(), "error", None, SOURCE)
+    message = str(info.value)
+    assert message.startswith(f"{SOURCE}: {count} bad of 6 rows")
+    assert f"{reason}" in message and f": {count} rows" in message
+
+
+@pytest.mark.parametrize(("case", "table", "reason", "count"), _bad_cases(), ids=[c[0] for c in _bad_cases()])
+def test_bad_rows_quarantine_sets_them_aside(case, table, reason, count, tmp_path):
+    good = validate_block(table, tiny_spec(), "quarantine", str(tmp_path), SOURCE)
+    assert good.num_rows == 6 - count
+    written = pq.read_table(next(tmp_path.glob("*.parquet")))
+    assert written.num_rows == count and all(r.startswith(reason) for r in written[REASON_COLUMN].to_pylist())
+    summary = quarantine_summary(tmp_path)
+    assert summary["rows"] == count and sum(summary["by_reason"].values()) == count
+    assert summary["by_file"] == {SOURCE: count}
+
+
+def test_quarantine_through_ray_counts_each_bad_row_once(tmp_path, ray_local):
+    spec = tiny_spec()
+    day1 = tiny_table(200, seed=1)
+    price = day1["price"].to_numpy().copy()
+    price[[3, 50, 120]] = np.nan
+    _write(tmp_path / "logs", DAY1, _with(day1, "price", price))
+    day2 = tiny_table(200, seed=2, start_id=1000)
+    _write(
+        tmp_path / "logs",
+        DAY2,
+        _with(day2, "conversion", np.where(np.arange(200) == 7, 1, day2["conversion"])),
+    )
+    inventory = inspect_logs(tmp_path / "logs", [DAY1, DAY2], spec)
+    data = DataConfig(on_bad_rows="quarantine")
+    quarantine = tmp_path / "run" / "quarantine"
+
+    stats = compute_stats(inventory, spec, data, quarantine)  # pass 1 over the rows
+    assert stats.rows == 396
+    ds = build_dataset(inventory, spec, stats, {"all": SampleSpace()}, data, quarantine)
+    for _ in range(2):  # passes 2 and 3 (two epochs) rewrite the same quarantine files
+        ids = np.concatenate([b["id"].to_numpy() for b in ds.iter_batches(batch_format="pyarrow")])
+        assert len(ids) == 396 and len(np.unique(ids)) == 396
+    summary = quarantine_summary(quarantine)
+    assert summary["rows"] == 4
+    assert summary["by_reason"] == {
+        "conversion: conversion=1 without cart=1 (funnel)": 1,
+        "price: null, NaN or inf": 3,
+    }
+
+    with pytest.raises(
+        BadRowsError, match=r"dt=2026-11-18/part-00000.parquet: 3 bad of 200 rows .*price: null, NaN"
+    ):
+        compute_stats(inventory, spec, DataConfig(on_bad_rows="error"))

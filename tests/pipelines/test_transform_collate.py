@@ -1,0 +1,124 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from mtl_rec.config import SampleSpace, TableSpec
+from pipelines.collate import BatchLayout, collate
+from pipelines.transform import (
+    block_moments,
+    map_ids,
+    reduce_moments,
+    splitmix64,
+    table_salt,
+    transform_block,
+)
+from tests.pipelines.tables import tiny_spec, tiny_table
+
+SPACES = {
+    "all": SampleSpace(),
+    "clicked": SampleSpace.parse("click == 1"),
+    "carted": SampleSpace.parse("cart == 1"),
+}
+
+
+def _stats(table, spec):
+    return reduce_moments([block_moments(table, spec).to_pylist()[0]], spec)
+
+
+def test_splitmix64_reference_values():
+    # splitmix64 finaliser of 0 and 1 with the golden-ratio increment (reference values of the algorithm)
+    assert splitmix64(np.array([0], np.uint64))[0] == np.uint64(0xE220A8397B1DCDAF)
+    assert splitmix64(np.array([1], np.uint64))[0] == np.uint64(0x910A2DEC89025CC1)
+
+
+def test_id_maps_are_in_range_and_shared_tables_agree():
+    raw = np.array([0, 5, 10**12, 2**62], dtype=np.int64)
+    hashed = map_ids(raw, "user", TableSpec(1000, 4, "hash"))
+    assert hashed.dtype == np.int64 and ((hashed >= 0) & (hashed < 1000)).all()
+    # same raw id, same table -> same row (features sharing a table agree); other table -> other salt
+    assert (map_ids(raw, "user", TableSpec(1000, 4)) == hashed).all()
+    assert table_salt("user") != table_salt("item")
+    assert map_ids(raw, "cat", TableSpec(7, 4, "mod")).tolist() == (raw % 7).tolist()
+    assert map_ids(np.array([2]), "dev", TableSpec(3, 4, "identity")).tolist() == [2]
+
+
+def test_transform_and_collate_equal_hand_built_reference():
+    spec, table = tiny_spec(), tiny_table(6)
+    stats = _stats(table, spec)
+    out = transform_block(table, spec, stats, SPACES)
+    batch = collate(out, BatchLayout.from_table(out))
+
+    user = map_ids(table["user_id"].to_numpy(), "user", spec.tables["user"])
+    category = table["category"].to_numpy() % 50
+    device = table["device"].to_numpy()
+    recent = [np.asarray(v, dtype=np.int64) % 50 for v in table["recent_categories"].to_pylist()]
+    expected_lengths = [1] * 18 + [
+        len(v) for v in recent
+    ]  # key-major: 3 single-hot keys x 6 rows, then lists
+    assert [len(v) for v in recent] == [2, 0, 3, 2, 0, 3]
+    expected_values = np.concatenate([user, category, device, *recent])
+
+    kjt = batch.sparse
+    assert kjt.keys() == ["user_id", "category", "device", "recent_categories"]
+    assert kjt.stride() == 6
+    assert kjt.lengths().tolist() == expected_lengths
+    assert kjt.values().tolist() == expected_values.tolist()
+    assert kjt.offsets().tolist() == np.concatenate([[0], np.cumsum(expected_lengths)]).tolist()
+    assert kjt.length_per_key() == [6, 6, 6, 10]
+    assert kjt.offset_per_key() == [0, 6, 12, 18, 28]
+    assert kjt["recent_categories"].lengths().tolist() == [2, 0, 3, 2, 0, 3]
+
+    price = np.log1p(table["price"].to_numpy().astype(np.float64))
+    ctr = table["ctr"].to_numpy().astype(np.float64)
+    expected_dense = np.stack(
+        [(price - price.mean()) / price.std(), (ctr - ctr.min()) / (ctr.max() - ctr.min())], 1
+    )
+    assert batch.dense.shape == (6, 2) and batch.dense.dtype == torch.float32
+    np.testing.assert_allclose(batch.dense.numpy(), expected_dense, atol=1e-5)
+
+    assert batch.labels["click"].tolist() == [1, 0, 1, 1, 0, 1]
+    assert batch.masks["clicked"].tolist() == [True, False, True, True, False, True]
+    assert batch.masks["carted"].tolist() == [True, False, False, True, False, False]
+    assert batch.masks["all"].all()
+    assert batch.ids.tolist() == list(range(6))
+    assert set(batch.meta) == {"user_id", "ts", "_truth_p_click"}
+    assert batch.meta["user_id"].tolist() == table["user_id"].to_pylist()  # raw group key, not hashed
+
+
+def test_collate_of_a_slice_and_of_chunked_columns():
+    spec, table = tiny_spec(), tiny_table(9)
+    out = transform_block(table, spec, _stats(table, spec), SPACES)
+    layout = BatchLayout.from_table(out)
+    whole = collate(out, layout)
+    part = collate(out.slice(4, 4), layout)  # sliced list arrays carry an offset
+    assert (
+        part.sparse["recent_categories"].lengths().tolist()
+        == whole.sparse["recent_categories"].lengths()[4:8].tolist()
+    )
+    assert (
+        part.sparse["recent_categories"].values().tolist()
+        == whole.sparse["recent_categories"]
+        .values()[
+            int(whole.sparse["recent_categories"].offsets()[4]) : int(
+                whole.sparse["recent_categories"].offsets()[8]
+            )
+        ]
+        .tolist()
+    )
+    chunked = pa.concat_tables([out.slice(0, 4), out.slice(4)])  # what Ray's re-batching produces
+    again = collate(chunked, layout)
+    assert torch.equal(again.sparse.values(), whole.sparse.values())
+    assert torch.equal(again.dense, whole.dense)
+
+
+def test_stats_reduce_over_blocks_equals_whole():
+    spec, table = tiny_spec(), tiny_table(30, seed=3)
+    whole = _stats(table, spec)
+    parts = reduce_moments(
+        [block_moments(table.slice(i, 10), spec).to_pylist()[0] for i in (0, 10, 20)], spec
+    )
+    for name in spec.dense_names:
+        assert parts.features[name].mean == pytest.approx(whole.features[name].mean)
+        assert parts.features[name].std == pytest.approx(whole.features[name].std)
+        assert parts.features[name].count == 30
