@@ -24,15 +24,6 @@ from tqdm import tqdm
 from mtl_rec.config import SampleSpace, load_feature_spec
 from mtl_rec.config.data import DataConfig
 
-# (stage, label, sample space, truth column): the oracle of each funnel stage over its own space
-ORACLE_STAGES = [
-    ("ctr", "click", "all", "_truth_p_click"),
-    ("cart | click", "cart", "click == 1", "_truth_p_cart_given_click"),
-    ("conversion | cart", "conversion", "cart == 1", "_truth_p_conversion_given_cart"),
-    ("cvr (conversion | click)", "conversion", "click == 1", "_truth_p_conversion_given_click"),
-    ("ctcvr", "conversion", "all", "_truth_p_ctcvr"),
-]
-
 
 def oracle_auc(label: np.ndarray, truth: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
@@ -86,11 +77,12 @@ def check_logs(
         }
     oracle = {}
     labels = {x: merged[f"label.{x}"] for x in spec.labels}
-    for stage, label, space_text, truth in ORACLE_STAGES:
-        if f"meta.{truth}" not in merged or label not in labels:
+    for entry in spec.oracle:
+        label, space_text, truth = entry.label, entry.space, entry.column
+        if f"meta.{truth}" not in merged:
             continue
         space = SampleSpace.parse(space_text, spec.labels).mask(labels)
-        oracle[stage] = {
+        oracle[f"{label} over {space_text}"] = {
             "space": space_text,
             "rows": int(space.sum()),
             "positives": int(labels[label][space].sum()),

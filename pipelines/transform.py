@@ -63,8 +63,11 @@ def map_ids(raw: np.ndarray, table_name: str, table: TableSpec) -> np.ndarray:
         return raw.astype(np.int64, copy=False) % table.num_embeddings
     if table.num_embeddings >= 1 << 32:
         raise ValueError(f"hashed table {table_name!r} must have fewer than 2**32 rows")
-    hashed = splitmix64(raw.view(np.uint64) ^ table_salt(table_name) if raw.dtype == np.int64 else
-                        raw.astype(np.uint64) ^ table_salt(table_name))
+    hashed = splitmix64(
+        raw.view(np.uint64) ^ table_salt(table_name)
+        if raw.dtype == np.int64
+        else raw.astype(np.uint64) ^ table_salt(table_name)
+    )
     hashed >>= np.uint64(32)
     hashed *= np.uint64(table.num_embeddings)
     hashed >>= np.uint64(32)

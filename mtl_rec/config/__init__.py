@@ -1,6 +1,13 @@
 """Typed, frozen configuration: the feature spec, sample spaces, feature statistics, the YAML loader."""
 
-from mtl_rec.config.features import DenseFeature, FeatureSpec, SparseFeature, TableSpec, load_feature_spec
+from mtl_rec.config.features import (
+    DenseFeature,
+    FeatureSpec,
+    OracleSpec,
+    SparseFeature,
+    TableSpec,
+    load_feature_spec,
+)
 from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from mtl_rec.config.spaces import SampleSpace
 from mtl_rec.config.stats import DenseStats, FeatureStats
@@ -11,6 +18,7 @@ __all__ = [
     "DenseStats",
     "FeatureSpec",
     "FeatureStats",
+    "OracleSpec",
     "SampleSpace",
     "SparseFeature",
     "TableSpec",

@@ -69,6 +69,16 @@ class DenseFeature:
 
 
 @dataclass(frozen=True)
+class OracleSpec:
+    """Which hidden-model column is the true probability of `label` over the sample space `space`:
+    its AUC is the best any model can reach there (the oracle AUC reports print beside the model's)."""
+
+    label: str
+    space: str
+    column: str
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     """Everything the pipeline and model know about the log's columns."""
 
@@ -84,6 +94,7 @@ class FeatureSpec:
     truth_prefix: str = "_truth_"
     mask_prefix: str = "_mask_"
     meta_columns: tuple[str, ...] = field(default=())  # extra columns carried for reports (slices)
+    oracle: tuple[OracleSpec, ...] = ()  # truth column per (label, sample space), where the logs have one
 
     def __post_init__(self) -> None:
         problems = []
@@ -117,6 +128,12 @@ class FeatureSpec:
             problems.append(f"funnel stages {missing_stages} are not labels {list(self.labels)}")
         if not self.labels:
             problems.append("at least one label is required")
+        for oracle in self.oracle:
+            if oracle.label not in self.labels or not oracle.column.startswith(self.truth_prefix):
+                problems.append(
+                    f"oracle {oracle}: label must be one of {list(self.labels)} and the column must start "
+                    f"with {self.truth_prefix!r}"
+                )
         if problems:
             raise ConfigError("invalid feature spec:\n  " + "\n  ".join(problems))
 
@@ -140,6 +157,15 @@ class FeatureSpec:
     @property
     def dense_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.dense)
+
+    def oracle_column(self, label: str, space: str) -> str | None:
+        """The truth column for `label` over `space` (compared in canonical form), or None."""
+        from mtl_rec.config.spaces import SampleSpace
+
+        wanted = (label, str(SampleSpace.parse(space)))
+        return next(
+            (o.column for o in self.oracle if (o.label, str(SampleSpace.parse(o.space))) == wanted), None
+        )
 
     def table_pooling(self, table: str) -> str:
         """The table's pooling: that of its multi-hot features (single-hot pooling is moot), else sum."""

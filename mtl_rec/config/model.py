@@ -62,6 +62,9 @@ class TaskConfig:
     loss:   the loss on its entire-space prediction
     weight: static loss weight (dynamic weighting methods act on top of it)
     tower:  the task's MLP before its logit
+    conditional_name: for a chained task, also evaluate its conditional prediction
+            p(label | parent) over the parent's positive rows, reported under this name
+            (ESMM's CVR: task `ctcvr` with conditional_name `cvr`). Evaluation only.
     """
 
     name: str
@@ -71,8 +74,11 @@ class TaskConfig:
     loss: Literal["bce"] = "bce"
     weight: float = 1.0
     tower: MLPConfig = MLPConfig(hidden=(64,))
+    conditional_name: str | None = None
 
     def __post_init__(self) -> None:
+        if self.conditional_name and not self.parent:
+            raise ConfigError(f"task {self.name!r}: conditional_name needs a parent task")
         if not self.name or not self.label:
             raise ConfigError(
                 f"task needs a non-empty name and label, got name={self.name!r} label={self.label!r}"

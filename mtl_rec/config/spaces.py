@@ -65,3 +65,8 @@ class SampleSpace:
 
     def __str__(self) -> str:
         return " and ".join(f"{lab} {op} {val}" for lab, op, val in self.conditions) or "all"
+
+
+def space_key(text: str) -> str:
+    """The canonical name of a sample space, used as the key of Batch.masks ("all", "click == 1")."""
+    return str(SampleSpace.parse(text))

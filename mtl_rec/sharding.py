@@ -1,0 +1,169 @@
+"""Shard the model with TorchRec: planner -> collective plan -> DistributedModelParallel, plus optimizers.
+
+    MultiTaskModel (tables on meta)
+      -> EmbeddingShardingPlanner(topology, constraints).collective_plan(...)   same plan on every rank
+      -> DistributedModelParallel(model, device, plan, sharders)                materialises local shards
+      -> sum_gradients_hook on every DDP inside DMP                             see mtl_rec.distributed
+      -> optimizers: fused table optimizer (inside FBGEMM's backward) + dense (+ data-parallel tables)
+
+Sharded tables (table_wise, column_wise, ...) use FBGEMM's FUSED kernel: the sparse optimizer runs
+inside the backward pass and the tables never hold a .grad. Tables the planner makes data_parallel
+are plain DDP parameters; they get a non-fused optimizer of the same kind so every table learns by
+the same rule.
+
+Example::
+
+    >>> sharded = shard_model(MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, torch.device("cpu"))
+    >>> outputs = sharded.model(batch)
+    >>> weighted_sum(task_losses(outputs, batch, cfg.tasks).losses, weights).backward()
+    >>> sharded.step()        # dense (and data-parallel table) optimizers; the fused one already ran
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingPlan
+
+from mtl_rec.config.run import OptimConfig, RunConfig, ShardingConfig
+from mtl_rec.distributed import sum_gradients_hook, world_size
+
+CPU_SHARDING_TYPES = (
+    "table_wise",
+    "column_wise",
+    "table_column_wise",
+    "data_parallel",
+)  # row_wise fails on gloo
+FUSED_OPTIMIZERS = {
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "sgd": EmbOptimType.EXACT_SGD,
+}
+
+
+@dataclass
+class ShardedModel:
+    """A DMP-wrapped model, its plan and the optimizers that are not fused into backward."""
+
+    model: DistributedModelParallel
+    plan: ShardingPlan
+    dense_optimizer: torch.optim.Optimizer
+    table_optimizer: torch.optim.Optimizer | None  # data-parallel tables, if the planner made any
+
+    def zero_grad(self) -> None:
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        if self.table_optimizer is not None:
+            self.table_optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.dense_optimizer.step()
+        if self.table_optimizer is not None:
+            self.table_optimizer.step()
+
+    @property
+    def module(self) -> nn.Module:
+        """The unwrapped MultiTaskModel (through DMP and DDP), e.g. for dense_parameters()."""
+        module = self.model.module
+        return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _constraints(
+    cfg: ShardingConfig, tables: list[str], device: torch.device
+) -> dict[str, ParameterConstraints]:
+    default = cfg.allowed or (CPU_SHARDING_TYPES if device.type == "cpu" else ())
+    constraints = {}
+    for table in tables:
+        allowed = cfg.tables.get(table, default)
+        if device.type == "cpu" and any(t in ("row_wise", "table_row_wise") for t in allowed):
+            raise ValueError(f"sharding: table {table!r} allows row-wise sharding, which fails on CPU + gloo")
+        if allowed:
+            constraints[table] = ParameterConstraints(sharding_types=list(allowed))
+    unknown = sorted(set(cfg.tables) - set(tables))
+    if unknown:
+        raise ValueError(f"sharding.tables names unknown tables {unknown}; tables: {', '.join(tables)}")
+    return constraints
+
+
+def _non_fused_table_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer | None:
+    if not params:
+        return None
+    sparse = cfg.sparse
+    if sparse.name == "sgd":
+        return torch.optim.SGD(params, lr=sparse.lr)
+    if sparse.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=sparse.lr, eps=sparse.eps)
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    return RowWiseAdagrad(params, lr=sparse.lr, eps=sparse.eps)
+
+
+def _dense_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    dense = cfg.dense
+    if dense.name == "adam":
+        return torch.optim.Adam(params, lr=dense.lr, weight_decay=dense.weight_decay)
+    return torch.optim.Adagrad(params, lr=dense.lr, weight_decay=dense.weight_decay)
+
+
+def shard_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> ShardedModel:
+    """Plan (collectively), shard and wrap `model` (a MultiTaskModel with its tables on meta)."""
+    sparse = cfg.optim.sparse
+    fused_params = {"optimizer": FUSED_OPTIMIZERS[sparse.name], "learning_rate": sparse.lr}
+    if sparse.name != "sgd":
+        fused_params["eps"] = sparse.eps
+    sharders = [EmbeddingBagCollectionSharder(fused_params=fused_params)]
+    tables = [config.name for config in model.sparse_arch.ebc.embedding_bag_configs()]
+    world = world_size()
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=world, local_world_size=world, compute_device=device.type),
+        constraints=_constraints(cfg.sharding, tables, device),
+    )
+    if dist.is_initialized():
+        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    else:
+        plan = planner.plan(model, sharders)
+    dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+    # Every DDP inside DMP sums gradients: the one over the dense layers and the ones TorchRec puts
+    # around data-parallel table lookups (which would otherwise average them; see mtl_rec.distributed).
+    for module in dmp.modules():
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            module.register_comm_hook(None, sum_gradients_hook)
+
+    dense, dp_tables = [], []
+    for name, param in dmp.named_parameters():
+        if hasattr(param, "_in_backward_optimizers") or not param.requires_grad:
+            continue  # a fused table: FBGEMM's backward already applied the sparse optimizer
+        (dp_tables if ".sparse_arch." in f".{name}" else dense).append(param)
+    return ShardedModel(
+        dmp, plan, _dense_optimizer(dense, cfg.optim), _non_fused_table_optimizer(dp_tables, cfg.optim)
+    )
+
+
+def plan_summary(plan: ShardingPlan) -> dict:
+    """{table: {"sharding_type", "compute_kernel", "ranks", "shards": [[offsets, sizes, rank], ...]}}."""
+    summary = {}
+    for module_path, module_plan in plan.plan.items():
+        for table, param in module_plan.items():
+            shards = []
+            if param.sharding_spec is not None:
+                for shard in param.sharding_spec.shards:
+                    shards.append([list(shard.shard_offsets), list(shard.shard_sizes), str(shard.placement)])
+            summary[table] = {
+                "module": module_path,
+                "sharding_type": param.sharding_type,
+                "compute_kernel": param.compute_kernel,
+                "ranks": list(param.ranks) if param.ranks is not None else None,
+                "shards": shards,
+            }
+    return summary
+
+
+def plan_to_json(plan: ShardingPlan) -> str:
+    return json.dumps(plan_summary(plan), indent=2)

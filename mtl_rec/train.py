@@ -1,0 +1,201 @@
+"""The per-worker training loop, run by Ray Train's TorchTrainer on every rank.
+
+One flat loop: batches -> DMP model -> per-task losses on their sample spaces (normalised by the
+global in-space count) -> fixed-weight sum -> one backward (fused table optimizer inside it) ->
+dense optimizer step. Then exact evaluation over every held-out row, and a sharded checkpoint.
+
+Ranks stay in lockstep without dropping rows: the dataset is split with equal=False (no rows
+dropped; Ray's equal=True drops up to world-1), and `lockstep` all-reduces one small tensor per step.
+A rank that runs out before the others feeds a 1-row padding batch whose masks are all False: zero
+loss, zero gradient, but the same collectives as everybody else, so DMP's all-to-alls never hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray.train import DataConfig as RayDataConfig
+
+from mtl_rec.batch import Batch
+from mtl_rec.config.loader import to_dict
+from mtl_rec.config.run import RunConfig
+
+
+class NoDropDataConfig(RayDataConfig):
+    """Ray Train's DataConfig, but every dataset is split with equal=False: no row is dropped."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        for name, ds in datasets.items():
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                output[i][name] = split
+        return output
+
+
+@dataclass(frozen=True)
+class WorkerInputs:
+    """Everything a worker needs besides its dataset shards (picklable, sent once)."""
+
+    run: RunConfig
+    spec: object  # FeatureSpec, resolved on the driver (workers run in another directory)
+    stats: object  # FeatureStats
+    layout: object  # pipelines.collate.BatchLayout
+    run_dir: str
+    train_rows: int  # rows in the training files (footers), for progress
+
+
+def padding_batch(template: Batch | None, layout, spec) -> Batch:
+    """A 1-row batch in no sample space: row 0 of every table, zero dense, all masks False."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    keys = list(layout.sparse)
+    sparse = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.zeros(len(keys), dtype=torch.int64),
+        lengths=torch.ones(len(keys), dtype=torch.int32),
+    )
+    zeros = torch.zeros(1)
+    return Batch(
+        sparse=sparse,
+        dense=torch.zeros(1, spec.num_dense),
+        labels={name: zeros.clone() for name in layout.labels},
+        masks={name: torch.zeros(1, dtype=torch.bool) for name in layout.masks},
+        ids=torch.full((1,), -1, dtype=torch.int64),
+        meta={name: torch.zeros(1, dtype=torch.float32) for name in layout.meta},
+    )
+
+
+def lockstep(batches: Iterator[Batch], padding: Batch) -> Iterator[tuple[Batch, bool, int]]:
+    """Yield (batch, is_real, global_rows) until EVERY rank is out of batches (see module doc)."""
+    from mtl_rec.distributed import all_reduce_sum
+
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        state = torch.tensor([0 if batch is None else 1, 0 if batch is None else batch.batch_size])  # [2]
+        ranks_with_data, global_rows = all_reduce_sum(state).tolist()
+        if ranks_with_data == 0:
+            return
+        yield (padding, False, global_rows) if batch is None else (batch, True, global_rows)
+
+
+def train_worker(inputs: WorkerInputs) -> None:
+    """Ray Train's train_loop_per_worker. Rank 0 writes RUN_DIR/metrics.json and plan.json."""
+    import ray.train
+    from tqdm import tqdm
+
+    from mtl_rec.checkpoint import save_checkpoint
+    from mtl_rec.distributed import all_reduce_sum, rank, world_size
+    from mtl_rec.losses import task_losses, weighted_sum
+    from mtl_rec.models.model import MultiTaskModel
+    from mtl_rec.sharding import plan_to_json, shard_model
+    from pipelines.dataset import iter_batches
+
+    cfg, spec, run_dir = inputs.run, inputs.spec, Path(inputs.run_dir)
+    world = world_size()
+    torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world, 1)))
+    torch.manual_seed(cfg.train.seed)  # the same initial dense weights on every rank
+    device = torch.device(
+        f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
+    )
+    sharded = shard_model(MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, device)
+    model = sharded.model
+    weights = {task.name: task.weight for task in cfg.tasks}
+    padding = padding_batch(None, inputs.layout, spec).to(device)
+    if rank() == 0:
+        (run_dir / "plan.json").write_text(plan_to_json(sharded.plan))
+        print(f"[rank 0] sharding plan ({world} ranks):\n{sharded.plan}", flush=True)
+
+    history, step, rows_seen, start = [], 0, 0, time.perf_counter()
+    progress = tqdm(
+        total=inputs.train_rows * cfg.train.epochs, unit="rows", disable=rank() != 0, desc="train"
+    )
+    model.train()
+    for epoch in range(cfg.train.epochs):
+        shard = ray.train.get_dataset_shard("train")
+        batches = iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches)
+        for batch, real, global_rows in lockstep(batches, padding):
+            batch = batch.to(device, non_blocking=True) if real else batch
+            outputs = model(batch)
+            losses = task_losses(outputs, batch, cfg.tasks)
+            sharded.zero_grad()
+            weighted_sum(losses.losses, weights).backward()  # fused table optimizer runs in here
+            sharded.step()
+            step += 1
+            rows_seen += global_rows
+            progress.update(global_rows)
+            if step % cfg.train.log_every == 0:
+                names = list(losses.losses)
+                totals = all_reduce_sum(torch.stack([losses.losses[n].detach() for n in names])).tolist()
+                seconds = time.perf_counter() - start
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "rows": rows_seen,
+                        "seconds": seconds,
+                        "samples_per_s": rows_seen / seconds,
+                        "loss": dict(zip(names, totals)),
+                        "weights": weights,
+                    }
+                )
+                progress.set_postfix(
+                    samples_s=f"{rows_seen / seconds:,.0f}", **{n: f"{v:.4f}" for n, v in zip(names, totals)}
+                )
+            if cfg.train.max_steps and step >= cfg.train.max_steps:
+                break
+    train_seconds = time.perf_counter() - start
+    progress.close()
+
+    metrics = evaluate(model, inputs, spec, cfg, padding, device)
+    summary = {
+        "tasks": metrics,
+        "train": {
+            "rows": rows_seen,
+            "seconds": train_seconds,
+            "steps": step,
+            "samples_per_s": rows_seen / train_seconds,
+            "workers": world,
+            "history": history,
+        },
+    }
+    files = {"plan.json": plan_to_json(sharded.plan), "config.yaml": _yaml(to_dict(cfg))}
+    save_checkpoint(model, run_dir / "checkpoint", files=files, manifest={"world_size": world, "steps": step})
+    if rank() == 0:
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    ray.train.report({"samples_per_s": summary["train"]["samples_per_s"]})
+
+
+@torch.no_grad()  # not inference_mode: gloo collectives fail inside it
+def evaluate(model, inputs: WorkerInputs, spec, cfg: RunConfig, padding: Batch, device) -> dict:
+    """Exact per-target metrics over every evaluation row across ranks (see mtl_rec.metrics)."""
+    import ray.train
+
+    from mtl_rec.metrics import MetricAccumulator, eval_targets
+    from pipelines.dataset import iter_batches
+
+    model.eval()
+    accumulator = MetricAccumulator(eval_targets(cfg.tasks, spec))
+    shard = ray.train.get_dataset_shard("eval")
+    batches = iter_batches(shard, inputs.layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
+    for batch, real, _ in lockstep(batches, padding):
+        batch = batch.to(device, non_blocking=True) if real else batch
+        outputs = model(batch)
+        if real:
+            accumulator.update(outputs, batch)
+    model.train()
+    return accumulator.compute()
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
