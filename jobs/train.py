@@ -93,7 +93,7 @@ def train(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
         ),
         datasets=datasets,
-        dataset_config=NoDropDataConfig(),
+        dataset_config=NoDropDataConfig(preserve_order=cfg.data.deterministic),
         run_config=ray.train.RunConfig(name="train", storage_path=str(out / "ray")),
     )
     trainer.fit()

@@ -2,8 +2,9 @@
 
 Gradient convention (why `sum_gradients_hook` exists): each rank's loss is the SUM over its
 in-space rows divided by the GLOBAL in-space count (mtl_rec.losses). TorchRec's sharded embedding
-backward already sums row gradients across ranks, so the dense parameters must be summed too, not
-averaged as DDP does by default. With this hook on DMP's DDP, two ranks on halves of a batch give
+backward sums row gradients across ranks once its global GRADIENT_DIVISION flag is off (it divides
+by world size by default; mtl_rec.sharding turns it off), so the dense parameters must be summed
+too, not averaged as DDP does by default. With this hook on DMP's DDP, two ranks on halves of a batch give
 exactly the gradient of one rank on the whole batch, for dense parameters and tables alike.
 
 Example::
@@ -31,21 +32,21 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    out = tensor.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=op)
+    return out
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (a copy, autograd-free); identity on one process."""
-    if not is_distributed():
-        return tensor.detach().clone()
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    if not is_distributed():
-        return tensor.detach().clone()
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    """Maximum over ranks (a copy, autograd-free); identity on one process."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def sum_gradients_hook(process_group, bucket):  # no annotations: DDP checks them against real classes

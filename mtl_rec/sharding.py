@@ -2,8 +2,9 @@
 
     MultiTaskModel (tables on meta)
       -> EmbeddingShardingPlanner(topology, constraints).collective_plan(...)   same plan on every rank
+      -> set_gradient_division(False)                                           table grads summed, not /world
       -> DistributedModelParallel(model, device, plan, sharders)                materialises local shards
-      -> sum_gradients_hook on every DDP inside DMP                             see mtl_rec.distributed
+      -> sum_gradients_hook on every DDP inside DMP (data-parallel lookups too) see mtl_rec.distributed
       -> optimizers: fused table optimizer (inside FBGEMM's backward) + dense (+ data-parallel tables)
 
 Sharded tables (table_wise, column_wise, ...) use FBGEMM's FUSED kernel: the sparse optimizer runs
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.comm_ops import set_gradient_division
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingPlan
@@ -112,6 +114,17 @@ def _dense_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.opti
     return torch.optim.Adagrad(params, lr=dense.lr, weight_decay=dense.weight_decay)
 
 
+def _ddp_modules(dmp: nn.Module) -> list[nn.parallel.DistributedDataParallel]:
+    """Every DDP inside DMP, including the ones TorchRec wraps around data-parallel table lookups:
+    sharded modules keep their lookups in a plain list (`_lookups`), which modules() does not visit."""
+    found = []
+    for module in dmp.modules():
+        for candidate in (module, *getattr(module, "_lookups", ())):
+            if isinstance(candidate, nn.parallel.DistributedDataParallel) and candidate not in found:
+                found.append(candidate)
+    return found
+
+
 def shard_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> ShardedModel:
     """Plan (collectively), shard and wrap `model` (a MultiTaskModel with its tables on meta)."""
     sparse = cfg.optim.sparse
@@ -129,12 +142,15 @@ def shard_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> Shard
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     else:
         plan = planner.plan(model, sharders)
+    # TorchRec divides the embedding gradients coming back through its all-to-alls by world size
+    # (GRADIENT_DIVISION, to mimic DDP's mean); our losses are already normalised by the global count,
+    # so row gradients must be SUMMED over ranks, like the dense ones (see mtl_rec.distributed).
+    set_gradient_division(False)
     dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
     # Every DDP inside DMP sums gradients: the one over the dense layers and the ones TorchRec puts
     # around data-parallel table lookups (which would otherwise average them; see mtl_rec.distributed).
-    for module in dmp.modules():
-        if isinstance(module, nn.parallel.DistributedDataParallel):
-            module.register_comm_hook(None, sum_gradients_hook)
+    for ddp in _ddp_modules(dmp):
+        ddp.register_comm_hook(None, sum_gradients_hook)
 
     dense, dp_tables = [], []
     for name, param in dmp.named_parameters():

@@ -28,13 +28,19 @@ from mtl_rec.config.run import RunConfig
 
 
 class NoDropDataConfig(RayDataConfig):
-    """Ray Train's DataConfig, but every dataset is split with equal=False: no row is dropped."""
+    """Ray Train's DataConfig, but every dataset is split with equal=False: no row is dropped.
+    `preserve_order` keeps block order (reproducible single-worker runs)."""
+
+    def __init__(self, preserve_order: bool = False) -> None:
+        super().__init__()
+        self.preserve_order = preserve_order
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]
         for name, ds in datasets.items():
             ds = ds.copy(ds)
             ds.context.execution_options = self._resolve_execution_options(name)
+            ds.context.execution_options.preserve_order = self.preserve_order
             for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
                 output[i][name] = split
         return output
@@ -167,7 +173,11 @@ def train_worker(inputs: WorkerInputs) -> None:
             "history": history,
         },
     }
-    files = {"plan.json": plan_to_json(sharded.plan), "config.yaml": _yaml(to_dict(cfg))}
+    files = {
+        "plan.json": plan_to_json(sharded.plan),
+        "config.yaml": _yaml(to_dict(cfg)),
+        "feature_stats.json": json.dumps(to_dict(inputs.stats), indent=2),
+    }
     save_checkpoint(model, run_dir / "checkpoint", files=files, manifest={"world_size": world, "steps": step})
     if rank() == 0:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))

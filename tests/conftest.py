@@ -9,11 +9,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the session: 2 logical CPUs as on CI, no dashboard."""
+    """One local Ray for the session: 2 logical CPUs per core (as jobs.train starts it), no dashboard."""
     import ray
     from ray.data import DataContext
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2 * (os.cpu_count() or 1),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -23,3 +23,6 @@ class DataConfig:
     prefetch_batches: int = 2
     # rows per streamed block (one Parquet row-group read); blocks are the unit the split hands out
     rows_per_block: int = 65536
+    # keep Ray Data's block order (preserve_order): with one worker the run is then reproducible;
+    # costs some throughput, since a slow block holds back the ones behind it
+    deterministic: bool = False

@@ -176,11 +176,16 @@ class ModelConfig:
     params:     that backbone's own settings, checked against its config dataclass
                 (e.g. MMoEConfig: num_experts, expert); unknown keys are errors
     dense_arch: the MLP over the dense features, before they join the pooled embeddings
+    interaction: feature interaction added to the backbone's input: `none`, or `dot`, the pairwise
+                dot products of the pooled feature embeddings (DLRM, Naumov et al. 2019). MLPs learn
+                inner products poorly (Rendle et al., RecSys 2020), and user x item affinities are
+                exactly that; `dot` needs every table to share one embedding dim.
     """
 
     arch: str = "mmoe"
     params: dict[str, Any] = field(default_factory=dict)
     dense_arch: MLPConfig = MLPConfig(hidden=(128, 64))
+    interaction: Literal["none", "dot"] = "none"
 
     def __post_init__(self) -> None:
         self.arch_config()  # fail at config load, on the driver, not on the workers

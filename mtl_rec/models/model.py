@@ -31,6 +31,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 
 from mtl_rec.batch import Batch
 from mtl_rec.config.features import FeatureSpec
+from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.model import ModelConfig, TaskConfig, validate_tasks
 from mtl_rec.models import build_backbone
 from mtl_rec.models.heads import TaskHeads, TaskOutputs
@@ -94,6 +95,18 @@ class MultiTaskModel(nn.Module):
         # No dense features is a valid spec: the backbone then reads the pooled embeddings alone.
         self.dense_arch = MLP(spec.num_dense, model_cfg.dense_arch) if spec.num_dense else None
         input_dim = self.sparse_arch.output_dim + (self.dense_arch.output_dim if self.dense_arch else 0)
+        self.interaction = model_cfg.interaction
+        if self.interaction == "dot":
+            dims = {spec.tables[f.table].dim for f in spec.sparse}
+            if len(dims) != 1:
+                raise ConfigError(
+                    f"model.interaction=dot needs one embedding dim for all tables, got {sorted(dims)}"
+                )
+            num_features, self.embedding_dim = len(spec.sparse), dims.pop()
+            upper = torch.triu_indices(num_features, num_features, offset=1)  # [2, K(K-1)/2]
+            self.register_buffer("pair_rows", upper[0], persistent=False)
+            self.register_buffer("pair_cols", upper[1], persistent=False)
+            input_dim += upper.shape[1]
         self.backbone = build_backbone(model_cfg, input_dim, self.task_names)
         self.heads = TaskHeads(self.backbone.output_dims, tasks)
         if device.type != "meta":
@@ -101,6 +114,11 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, batch: Batch) -> TaskOutputs:
         x = self.sparse_arch(batch.sparse)  # KJT -> [B, sum_k D_k]
+        if self.interaction == "dot":
+            embeddings = x.view(x.shape[0], -1, self.embedding_dim)  # [B, K * D] -> [B, K, D]
+            gram = torch.bmm(embeddings, embeddings.transpose(1, 2))  # [B, K, D] x [B, D, K] -> [B, K, K]
+            pairs = gram[:, self.pair_rows, self.pair_cols]  # [B, K, K] -> [B, K(K-1)/2]
+            x = torch.cat([x, pairs], dim=1)  # [B, K * D] ++ [B, K(K-1)/2]
         if self.dense_arch is not None:
             dense = self.dense_arch(batch.dense)  # [B, D] -> [B, H_dense]
             x = torch.cat([x, dense], dim=1)  # [B, sum_k D_k] ++ [B, H_dense] -> [B, In]

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
-import socket
-import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from mtl_rec.batch import Batch
@@ -21,6 +16,7 @@ from mtl_rec.distributed import sum_gradients_hook
 from mtl_rec.losses import row_bce, task_losses, weighted_sum
 from mtl_rec.models.heads import TaskHeads, TaskOutputs, entire_space
 from mtl_rec.models.layers import MLP
+from tests.harness import run_on_two_ranks
 
 # ---------------------------------------------------------------- helpers (test_metrics imports them)
 
@@ -54,46 +50,6 @@ def outputs_from_logits(logits: Mapping[str, Tensor], parent_of: Mapping[str, st
     """TaskOutputs from raw [B] logits, chains composed as TaskHeads does."""
     log_p, log_1mp = entire_space(logits, parent_of)
     return TaskOutputs(logit=dict(logits), log_p=log_p, log_1mp=log_1mp)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _init_and_run(rank: int, port: int, worker: Callable, args: tuple) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=30)
-    )
-    try:
-        worker(rank, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def run_on_two_ranks(worker: Callable, *args, timeout_s: float = 60.0) -> None:
-    """Run worker(rank, *args) on 2 gloo ranks; re-raise a rank's failure; never hang.
-
-    forkserver, not spawn: the server imports torch, torchrec and the test modules once (preload) and
-    forks each rank from that clean, not-yet-threaded process; two spawned ranks would import them in
-    parallel on a 2-core CI box, 3x slower. Fork from pytest itself is unsafe (OpenMP, Ray threads).
-    """
-    multiprocessing.get_context("forkserver").set_forkserver_preload(sorted({__name__, worker.__module__}))
-    context = torch.multiprocessing.start_processes(
-        _init_and_run, args=(_free_port(), worker, args), nprocs=2, join=False, start_method="forkserver"
-    )
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not context.join(timeout=1.0):  # raises ProcessRaisedException if a rank failed
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"2-rank test still running after {timeout_s} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join()
 
 
 # ---------------------------------------------------------------- unit tests

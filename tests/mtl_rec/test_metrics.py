@@ -15,7 +15,8 @@ from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.model import parse_tasks
 from mtl_rec.config.run import load_run_config
 from mtl_rec.metrics import EvalTarget, MetricAccumulator, eval_targets, exact_auc, logloss, required_spaces
-from tests.mtl_rec.test_losses import funnel_labels, make_batch, outputs_from_logits, run_on_two_ranks
+from tests.harness import run_on_two_ranks
+from tests.mtl_rec.test_losses import funnel_labels, make_batch, outputs_from_logits
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = load_feature_spec(REPO / "jobs/configs/features.yaml")

@@ -9,10 +9,11 @@ from torchrec import KeyedJaggedTensor
 
 from mtl_rec.batch import Batch
 from mtl_rec.config import FeatureSpec, from_dict, load_feature_spec, load_yaml
+from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.model import ModelConfig, parse_tasks
 from mtl_rec.models import MODELS, TaskOutputs
 from mtl_rec.models.model import MultiTaskModel
-from tests.pipelines.tables import tiny_spec
+from tests.pipelines.tables import TINY_SPEC, tiny_spec
 
 CONFIGS = Path(__file__).parents[3] / "jobs" / "configs"
 BATCH = 32
@@ -188,3 +189,29 @@ def test_meta_model_shards_under_distributed_model_parallel():
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dense)
     finally:
         dist.destroy_process_group()
+
+
+def test_dot_interaction_adds_every_pairwise_inner_product():
+    spec = tiny_spec()  # every table has dim 4
+    tasks = parse_tasks([{"name": "ctr", "label": "click"}], spec.labels)
+    torch.manual_seed(0)
+    model = MultiTaskModel(spec, ModelConfig(arch="shared_bottom", interaction="dot"), tasks, device="cpu")
+    k = len(spec.sparse)
+    batch = random_batch(spec)
+    pooled = model.sparse_arch(batch.sparse).view(batch.batch_size, k, -1)  # [B, K, D]
+    captured = {}
+    model.backbone.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    model(batch)
+    assert (
+        captured["x"].shape[1]
+        == model.sparse_arch.output_dim + k * (k - 1) // 2 + model.dense_arch.output_dim
+    )
+    pairs = captured["x"][:, model.sparse_arch.output_dim : model.sparse_arch.output_dim + k * (k - 1) // 2]
+    i, j = 0, k - 1  # the last pair of row 0 in the upper triangle order
+    torch.testing.assert_close(pairs[:, k - 2], (pooled[:, i] * pooled[:, j]).sum(-1))
+    with pytest.raises(ConfigError, match="interaction=dot needs one embedding dim"):
+        uneven = from_dict(
+            FeatureSpec,
+            {**TINY_SPEC, "tables": {**TINY_SPEC["tables"], "dev": {"num_embeddings": 3, "dim": 8}}},
+        )
+        MultiTaskModel(uneven, ModelConfig(interaction="dot"), tasks, device="cpu")

@@ -1,0 +1,72 @@
+"""Run a test function on N real gloo ranks (local processes) that never hangs the test session.
+
+Example::
+
+    >>> def worker(rank, out_dir): ...          # module level, so the ranks can import it
+    >>> run_on_two_ranks(worker, tmp_path)      # re-raises a rank's failure; TimeoutError past timeout_s
+    >>> run_on_ranks(worker, tmp_path, world_size=1)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _init_and_run(rank: int, port: int, world_size: int, worker: Callable, args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=30),
+    )
+    try:
+        worker(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_ranks(worker: Callable, *args, world_size: int = 2, timeout_s: float = 60.0) -> None:
+    """Run worker(rank, *args) on `world_size` gloo ranks; re-raise a rank's failure; never hang.
+
+    forkserver, not spawn: the server imports torch, torchrec and the test modules once (preload) and
+    forks each rank from that clean, not-yet-threaded process; two spawned ranks would import them in
+    parallel on a 2-core CI box, 3x slower. Fork from pytest itself is unsafe (OpenMP, Ray threads).
+    """
+    multiprocessing.get_context("forkserver").set_forkserver_preload(sorted({__name__, worker.__module__}))
+    context = torch.multiprocessing.start_processes(
+        _init_and_run,
+        args=(_free_port(), world_size, worker, args),
+        nprocs=world_size,
+        join=False,
+        start_method="forkserver",
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not context.join(timeout=1.0):  # raises ProcessRaisedException if a rank failed
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{world_size}-rank test still running after {timeout_s} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join()
+
+
+def run_on_two_ranks(worker: Callable, *args, timeout_s: float = 60.0) -> None:
+    """run_on_ranks with world_size 2."""
+    run_on_ranks(worker, *args, world_size=2, timeout_s=timeout_s)
