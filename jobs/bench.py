@@ -3,6 +3,10 @@
 loader  rows/s from Parquet to Batch through Ray Data's streaming_split (2 consumer actors, as Ray
         Train's workers consume it), next to pyarrow alone reading the same columns, and next to
         our validate + transform + collate in one process without Ray (the per-core ceiling).
+train   the reference MMoE (jobs/configs/mmoe.yaml: 20 sparse features of dim 16, 13 dense, 4 experts
+        [256, 128], 3 tasks) trained by `jobs.train` on one generated day: end-to-end samples/s
+        (Ray Data + DMP + model + losses + optimizers) next to the model-only ceiling (the same job
+        and process layout, each rank's batches built in memory first), and peak memory per worker.
 
 Speed lives here, never in timed tests. Figures go to docs/benchmarks.md with the machine and command.
 """
@@ -214,11 +218,48 @@ def print_loader(result: dict) -> None:
     )
 
 
+def bench_train(args) -> dict:
+    from jobs.train import start_ray, train
+    from mtl_rec.config.run import load_run_config
+
+    logs = ensure_logs(Path(args.cache), args.rows_per_day, 2)
+    start_ray(None)
+    results = {}
+    for name, extra in (("end_to_end", []), ("model_only_ceiling", ["train.prebuilt_batches=true"])):
+        cfg = load_run_config(args.train_config, [f"data.batch_size={args.train_batch_size}", *extra])
+        metrics = train(cfg, str(logs), "2026-11-18", "2026-11-19", Path(args.cache) / f"train-{name}")
+        results[name] = {
+            k: metrics["train"][k]
+            for k in ("rows", "seconds", "samples_per_s", "workers", "peak_rss_mb_per_worker")
+        }
+        results[name]["auc"] = {t: m["auc"] for t, m in metrics["tasks"].items()}
+    e2e, ceiling = results["end_to_end"]["samples_per_s"], results["model_only_ceiling"]["samples_per_s"]
+    return {
+        "config": args.train_config,
+        "batch_size_per_worker": args.train_batch_size,
+        **results,
+        "loader_cost": 1 - e2e / ceiling,
+    }
+
+
+def print_train(result: dict) -> None:
+    print(f"\ntrain: {result['config']}, batch {result['batch_size_per_worker']} per worker")
+    for name in ("end_to_end", "model_only_ceiling"):
+        r = result[name]
+        peak = [round(x) for x in r["peak_rss_mb_per_worker"]]
+        print(
+            f"  {name:22s} {r['samples_per_s']:>10,.0f} samples/s  "
+            f"({r['rows']:,} rows in {r['seconds']:.1f} s, "
+            f"{r['workers']} workers, peak RSS MB per worker {peak})"
+        )
+    print(f"  loader cost against the ceiling: {result['loader_cost']:.1%}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["loader", "all"])
+    parser.add_argument("what", choices=["loader", "train", "all"])
     parser.add_argument("--out", default="docs/bench-latest.json")
     parser.add_argument("--spec", default="jobs/configs/features.yaml")
     parser.add_argument("--cache", default="data/bench", help="where generated benchmark logs are kept")
@@ -230,12 +271,17 @@ def main(argv=None) -> None:
     parser.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs for the local Ray")
     parser.add_argument("--consumer-cpus", type=float, default=0.5, help="logical CPUs per consumer actor")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--train-config", default="jobs/configs/mmoe.yaml")
+    parser.add_argument("--train-batch-size", type=int, default=4096)
     args = parser.parse_args(argv)
 
     results = {"machine": machine(), "command": "python -m jobs.bench " + " ".join(argv or os.sys.argv[1:])}
     if args.what in ("loader", "all"):
         results["loader"] = bench_loader(args)
         print_loader(results["loader"])
+    if args.what in ("train", "all"):
+        results["train"] = bench_train(args)
+        print_train(results["train"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")

@@ -32,11 +32,19 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def collective_device() -> torch.device:
+    """Where collective buffers must live: the current GPU under NCCL, else the CPU (gloo)."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
-    out = tensor.detach().clone()
-    if is_distributed():
-        dist.all_reduce(out, op=op)
-    return out
+    if not is_distributed():
+        return tensor.detach().clone()
+    out = tensor.detach().to(collective_device(), copy=True)
+    dist.all_reduce(out, op=op)
+    return out.to(tensor.device)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -64,13 +72,14 @@ def gather_concat(values: np.ndarray) -> np.ndarray:
     """
     if not is_distributed():
         return values
-    local = torch.from_numpy(np.ascontiguousarray(values))
-    size = torch.tensor([local.numel()], dtype=torch.int64)
+    device = collective_device()
+    local = torch.from_numpy(np.ascontiguousarray(values)).to(device)
+    size = torch.tensor([local.numel()], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(world_size())]
     dist.all_gather(sizes, size)
     longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=local.dtype)
+    padded = torch.zeros(longest, dtype=local.dtype, device=device)
     padded[: local.numel()] = local
     gathered = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)]).numpy()
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)]).cpu().numpy()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,9 +126,17 @@ def train_worker(inputs: WorkerInputs) -> None:
         total=inputs.train_rows * cfg.train.epochs, unit="rows", disable=rank() != 0, desc="train"
     )
     model.train()
-    for epoch in range(cfg.train.epochs):
+    prebuilt = None
+    if cfg.train.prebuilt_batches:
         shard = ray.train.get_dataset_shard("train")
-        batches = iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches)
+        prebuilt = list(iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches))
+        start = time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        if prebuilt is None:
+            shard = ray.train.get_dataset_shard("train")
+            batches = iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches)
+        else:
+            batches = iter(prebuilt)
         for batch, real, global_rows in lockstep(batches, padding):
             batch = batch.to(device, non_blocking=True) if real else batch
             outputs = model(batch)
@@ -162,6 +171,7 @@ def train_worker(inputs: WorkerInputs) -> None:
     progress.close()
 
     metrics = evaluate(model, inputs, spec, cfg, padding, device)
+    peak_rss_mb = all_gather_floats(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     summary = {
         "tasks": metrics,
         "train": {
@@ -170,6 +180,7 @@ def train_worker(inputs: WorkerInputs) -> None:
             "steps": step,
             "samples_per_s": rows_seen / train_seconds,
             "workers": world,
+            "peak_rss_mb_per_worker": peak_rss_mb,
             "history": history,
         },
     }
@@ -203,6 +214,15 @@ def evaluate(model, inputs: WorkerInputs, spec, cfg: RunConfig, padding: Batch, 
             accumulator.update(outputs, batch)
     model.train()
     return accumulator.compute()
+
+
+def all_gather_floats(value: float) -> list[float]:
+    """One float from every rank, in rank order."""
+    import numpy as np
+
+    from mtl_rec.distributed import gather_concat
+
+    return gather_concat(np.array([value], dtype=np.float64)).tolist()
 
 
 def _yaml(data: dict) -> str:

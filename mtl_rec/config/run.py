@@ -96,6 +96,9 @@ class TrainConfig:
     seed: int = 0
     cpus_per_worker: float = 0.5
     torch_threads: int = 0  # intra-op threads per worker (0: cores // workers)
+    # benchmark only: each rank first materialises its batches in memory, then the timed loop
+    # trains on them (the model-only ceiling of `python -m jobs.bench train`)
+    prebuilt_batches: bool = False
 
 
 @dataclass(frozen=True)
