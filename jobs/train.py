@@ -33,13 +33,30 @@ def start_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address, configure_logging=False)
+    if address or os.environ.get("RAY_ADDRESS"):  # --address, or running under `ray job submit`
+        ray.init(address=address or None, configure_logging=False)
     else:
         # Twice the cores as logical CPUs: train workers reserve cpus_per_worker each and Ray Data's
         # read tasks need room beside them (they are mostly waiting on memory, not computing).
         ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def label_priors(inventory, tasks, spec) -> dict[str, float]:
+    """{task: positive rate of its label over its sample space} on the training files (labels only)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from mtl_rec.config import SampleSpace
+
+    columns = list(spec.labels)
+    tables = [pq.read_table(path, columns=columns) for path in inventory.paths]
+    labels = {c: np.concatenate([t[c].to_numpy(zero_copy_only=False) for t in tables]) for c in columns}
+    priors = {}
+    for task in tasks:
+        in_space = SampleSpace.parse(task.space).mask(labels)  # [N] bool
+        priors[task.name] = float(labels[task.label][in_space].mean()) if in_space.any() else 0.5
+    return priors
 
 
 def train(
@@ -87,7 +104,15 @@ def train(
     workers = cfg.train.workers or (torch.cuda.device_count() if use_gpu else 2)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=WorkerInputs(cfg, spec, stats, layout, str(out), train_inventory.rows),
+        train_loop_config=WorkerInputs(
+            cfg,
+            spec,
+            stats,
+            layout,
+            str(out),
+            train_inventory.rows,
+            label_priors(train_inventory, cfg.tasks, spec) if cfg.weighting.method == "prior_loss" else None,
+        ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}

@@ -125,8 +125,11 @@ def _ddp_modules(dmp: nn.Module) -> list[nn.parallel.DistributedDataParallel]:
     return found
 
 
-def shard_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> ShardedModel:
-    """Plan (collectively), shard and wrap `model` (a MultiTaskModel with its tables on meta)."""
+def shard_model(
+    model: nn.Module, cfg: RunConfig, device: torch.device, extra_dense_params: list[nn.Parameter] = ()
+) -> ShardedModel:
+    """Plan (collectively), shard and wrap `model` (a MultiTaskModel with its tables on meta).
+    `extra_dense_params` (e.g. learnable loss weights) join the dense optimizer."""
     sparse = cfg.optim.sparse
     fused_params = {"optimizer": FUSED_OPTIMIZERS[sparse.name], "learning_rate": sparse.lr}
     if sparse.name != "sgd":
@@ -158,7 +161,10 @@ def shard_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> Shard
             continue  # a fused table: FBGEMM's backward already applied the sparse optimizer
         (dp_tables if ".sparse_arch." in f".{name}" else dense).append(param)
     return ShardedModel(
-        dmp, plan, _dense_optimizer(dense, cfg.optim), _non_fused_table_optimizer(dp_tables, cfg.optim)
+        dmp,
+        plan,
+        _dense_optimizer([*dense, *extra_dense_params], cfg.optim),
+        _non_fused_table_optimizer(dp_tables, cfg.optim),
     )
 
 

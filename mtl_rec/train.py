@@ -57,6 +57,7 @@ class WorkerInputs:
     layout: object  # pipelines.collate.BatchLayout
     run_dir: str
     train_rows: int  # rows in the training files (footers), for progress
+    label_priors: dict | None = None  # {task: positive rate over its space}, for weighting=prior_loss
 
 
 def padding_batch(template: Batch | None, layout, spec) -> Batch:
@@ -101,9 +102,10 @@ def train_worker(inputs: WorkerInputs) -> None:
 
     from mtl_rec.checkpoint import save_checkpoint
     from mtl_rec.distributed import all_reduce_sum, rank, world_size
-    from mtl_rec.losses import task_losses, weighted_sum
+    from mtl_rec.losses import task_losses
     from mtl_rec.models.model import MultiTaskModel
     from mtl_rec.sharding import plan_to_json, shard_model
+    from mtl_rec.weighting import build_weighting
     from pipelines.dataset import iter_batches
 
     cfg, spec, run_dir = inputs.run, inputs.spec, Path(inputs.run_dir)
@@ -113,9 +115,11 @@ def train_worker(inputs: WorkerInputs) -> None:
     device = torch.device(
         f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
     )
-    sharded = shard_model(MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, device)
+    weighting = build_weighting(cfg.weighting, cfg.tasks, inputs.label_priors).to(device)
+    sharded = shard_model(
+        MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, device, list(weighting.parameters())
+    )
     model = sharded.model
-    weights = {task.name: task.weight for task in cfg.tasks}
     padding = padding_batch(None, inputs.layout, spec).to(device)
     if rank() == 0:
         (run_dir / "plan.json").write_text(plan_to_json(sharded.plan))
@@ -141,8 +145,10 @@ def train_worker(inputs: WorkerInputs) -> None:
             batch = batch.to(device, non_blocking=True) if real else batch
             outputs = model(batch)
             losses = task_losses(outputs, batch, cfg.tasks)
+            total, weights = weighting.combine(losses.losses, step)  # identical weights on every rank
             sharded.zero_grad()
-            weighted_sum(losses.losses, weights).backward()  # fused table optimizer runs in here
+            total.backward()  # the fused table optimizer runs in here
+            weighting.sync_gradients()  # learnable loss weights live outside DDP
             sharded.step()
             step += 1
             rows_seen += global_rows

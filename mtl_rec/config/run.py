@@ -19,6 +19,7 @@ from mtl_rec.config.data import DataConfig
 from mtl_rec.config.features import FeatureSpec, load_feature_spec
 from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml
 from mtl_rec.config.model import ModelConfig, TaskConfig, validate_tasks
+from mtl_rec.weighting.config import WeightingConfig
 
 SHARDING_TYPES = (
     "table_wise",
@@ -112,6 +113,7 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     sharding: ShardingConfig = ShardingConfig()
     train: TrainConfig = TrainConfig()
+    weighting: WeightingConfig = WeightingConfig()
 
     def feature_spec(self) -> FeatureSpec:
         return load_feature_spec(self.features)
@@ -120,6 +122,13 @@ class RunConfig:
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Preset YAML + overrides -> validated RunConfig; task labels are checked against the feature spec."""
     data = apply_overrides(load_yaml(path), list(overrides))
+    weighting = data.get("weighting")
+    if isinstance(weighting, dict):  # the flat form `{method: dwa, window: 50}` puts params beside method
+        flat = {k: v for k, v in weighting.items() if k not in ("method", "params")}
+        data["weighting"] = {
+            "method": weighting.get("method", "fixed"),
+            "params": {**weighting.get("params", {}), **flat},
+        }
     try:
         cfg = from_dict(RunConfig, data)
         validate_tasks(cfg.tasks, cfg.feature_spec().labels)

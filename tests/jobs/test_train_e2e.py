@@ -12,8 +12,7 @@ from mtl_rec.config.run import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
-# A world where ids repeat (20k users, 5k items) and clicks are frequent (25%), so 300k training rows
-# hold enough clicked rows for the post-click tasks. The tables are sized to the world.
+# Small worlds where ids repeat (20k users, 5k items); the tables are sized to them.
 SPEC = (
     "tables.user_id.num_embeddings=30000",
     "tables.item_id.num_embeddings=8000",
@@ -23,27 +22,30 @@ SPEC = (
 SETTINGS = ("data.batch_size=512", "model.params.expert.hidden=[128, 64]")
 
 
-@pytest.fixture(scope="module")
-def e2e_logs(tmp_path_factory):
+def _small_world(root, **knobs):
+    """Three generated days of 150k rows in a small world: 20k users, 5k items, few brands and shops."""
     from jobs.make_logs import GeneratorConfig, generate_logs
 
-    root = tmp_path_factory.mktemp("e2e-logs")
-    config = GeneratorConfig(
-        seed=0,
-        user_vocab=20_000,
-        item_vocab=5_000,
-        new_users_per_day=500,
-        new_items_per_day=100,
-        num_brands=2_000,
-        num_shops=3_000,
-        click_rate=0.25,
-        cart_rate=0.4,
-        conversion_rate=0.4,
-        rows_per_file=50_000,
-        calibration_rows=40_000,
-    )
-    generate_logs(root, dt.date(2026, 11, 18), 3, 150_000, config, verbose=False)
+    world = {
+        "user_vocab": 20_000,
+        "item_vocab": 5_000,
+        "new_users_per_day": 500,
+        "new_items_per_day": 100,
+        "num_brands": 2_000,
+        "num_shops": 3_000,
+        "rows_per_file": 50_000,
+        "calibration_rows": 40_000,
+    }
+    generate_logs(root, dt.date(2026, 11, 18), 3, 150_000, GeneratorConfig(**world, **knobs), verbose=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def e2e_logs(tmp_path_factory):
+    """Frequent clicks (25%), so every task has enough in-space rows."""
+    return _small_world(
+        tmp_path_factory.mktemp("e2e-logs"), seed=0, click_rate=0.25, cart_rate=0.4, conversion_rate=0.4
+    )
 
 
 def _rows(logs, day):
@@ -86,25 +88,9 @@ def test_mmoe_trains_on_every_row_and_approaches_the_oracle(e2e_logs, tmp_path, 
 @pytest.fixture(scope="module")
 def selection_biased_logs(tmp_path_factory):
     """Strong sample-selection bias (clicked users convert far better) and scarce clicks (3%)."""
-    from jobs.make_logs import GeneratorConfig, generate_logs
-
-    root = tmp_path_factory.mktemp("ssb-logs")
-    config = GeneratorConfig(
-        seed=1,
-        user_vocab=20_000,
-        item_vocab=5_000,
-        new_users_per_day=500,
-        new_items_per_day=100,
-        num_brands=2_000,
-        num_shops=3_000,
-        selection_bias=2.0,
-        task_correlation=0.5,
-        click_rate=0.03,
-        rows_per_file=50_000,
-        calibration_rows=40_000,
+    return _small_world(
+        tmp_path_factory.mktemp("ssb-logs"), seed=1, selection_bias=2.0, task_correlation=0.5, click_rate=0.03
     )
-    generate_logs(root, dt.date(2026, 11, 18), 3, 150_000, config, verbose=False)
-    return root
 
 
 def test_esmm_cvr_beats_a_click_space_only_cvr_model(selection_biased_logs, tmp_path, ray_local):
@@ -120,3 +106,18 @@ def test_esmm_cvr_beats_a_click_space_only_cvr_model(selection_biased_logs, tmp_
     assert esmm["space"] == click_only["space"] == "click == 1"  # both scored on the same clicked rows
     assert esmm["rows"] == click_only["rows"] and esmm["oracle_auc"] == click_only["oracle_auc"]
     assert esmm["auc"] > click_only["auc"], results
+
+
+@pytest.mark.parametrize("weighting", ["{method: uncertainty}", "{method: dwa, window: 3, temperature: 2.0}"])
+def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
+    weighting, generated_logs, tmp_path, ray_local
+):
+    settings = ("data.batch_size=1024", "train.log_every=3", f"weighting={weighting}")
+    cfg = load_run_config("jobs/configs/mmoe.yaml", settings)
+    metrics = train(cfg, str(generated_logs), "2026-11-18", "2026-11-19", tmp_path / "run")
+    history = metrics["train"]["history"]
+    assert metrics["train"]["rows"] == 30_000 and len(history) >= 3
+    weights = [h["weights"] for h in history]
+    assert all(set(w) == {"ctr", "cvr", "cart"} for w in weights)
+    assert any(w != weights[0] for w in weights[1:]), "the weights never moved"
+    assert all(m["auc"] is not None and m["auc"] > 0.55 for m in metrics["tasks"].values())

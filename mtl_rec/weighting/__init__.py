@@ -1,0 +1,105 @@
+"""Task weighting: how the per-task losses of a step become the one scalar that is backpropagated.
+
+One file per method (or per family: loss_normalization.py); this dict registers them as
+(class, config dataclass). Adding a method = a new file with a Weighting subclass and its frozen config
+dataclass + one line in METHODS. The contract (mtl_rec.weighting.base.Weighting):
+
+    __init__(tasks: Sequence[TaskConfig], config: <its config dataclass>, label_priors: Mapping | None)
+    combine(losses: {task: [] Tensor}, step: int) -> (total [] Tensor, weights {task: float})
+    sync_gradients()     after backward: SUM the grads of learnable weighting parameters over ranks
+    state_dict()         its state (loss history, initial losses, log-variances) for the checkpoint
+
+Every method computes only from all-reduced statistics and its own deterministic state, so all ranks
+hold identical weights at every step. The static TaskConfig.weight multiplies every method's weight.
+
+Loss-based methods registered here:
+
+    fixed             the static weights                                   (linear scalarisation)
+    ple_schedule      w_k(t) = w_k,0 gamma_k^t                              Tang et al., RecSys 2020
+    uncertainty       learnable log-variances, L / sigma^2 + reg(sigma)     Kendall et al., CVPR 2018
+    dwa               K softmax(loss ratio / T) over step windows           Liu et al., CVPR 2019
+    initial_loss      L_k / L_k(0)                                          Su Jianlin, 2022
+    prior_loss        L_k / H(label prior)                                  Su Jianlin, 2022
+    realtime_loss     L_k / stop_grad(L_k)  (= sum_k log L_k)               Su Jianlin, 2022
+    generalized_mean  ((1/K) sum L_k^gamma)^(1/gamma)                       Su Jianlin, 2022
+
+Example::
+
+    >>> weighting = build_weighting(WeightingConfig("uncertainty"), cfg.tasks)
+    >>> total, weights = weighting.combine(task_losses(outputs, batch, cfg.tasks).losses, step)
+    >>> total.backward(); weighting.sync_gradients()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from mtl_rec.config.model import TaskConfig
+from mtl_rec.weighting.base import ABSENT_BELOW, LossStatWeighting, Weighting
+from mtl_rec.weighting.config import WeightingConfig
+from mtl_rec.weighting.dwa import DWA, DWAConfig
+from mtl_rec.weighting.fixed import Fixed, FixedConfig
+from mtl_rec.weighting.loss_normalization import (
+    GeneralizedMean,
+    GeneralizedMeanConfig,
+    InitialLoss,
+    InitialLossConfig,
+    PriorLoss,
+    PriorLossConfig,
+    RealtimeLoss,
+    RealtimeLossConfig,
+    bernoulli_entropy,
+)
+from mtl_rec.weighting.ple_schedule import PLESchedule, PLEScheduleConfig
+from mtl_rec.weighting.uncertainty import Uncertainty, UncertaintyConfig
+
+METHODS: dict[str, tuple[type[Weighting], type]] = {
+    "fixed": (Fixed, FixedConfig),
+    "ple_schedule": (PLESchedule, PLEScheduleConfig),
+    "uncertainty": (Uncertainty, UncertaintyConfig),
+    "dwa": (DWA, DWAConfig),
+    "initial_loss": (InitialLoss, InitialLossConfig),
+    "prior_loss": (PriorLoss, PriorLossConfig),
+    "realtime_loss": (RealtimeLoss, RealtimeLossConfig),
+    "generalized_mean": (GeneralizedMean, GeneralizedMeanConfig),
+}
+
+
+def build_weighting(
+    cfg: WeightingConfig, tasks: Sequence[TaskConfig], label_priors: Mapping[str, float] | None = None
+) -> Weighting:
+    """The registered method `cfg.method` for these tasks (ConfigError on bad params or task names).
+
+    label_priors: {task: positive rate of its label over its sample space on the training data};
+    only prior_loss needs it (or its `priors` param).
+    """
+    method_config = cfg.method_config()  # ConfigError naming the valid methods / keys
+    weighting_class, _ = METHODS[cfg.method]
+    return weighting_class(tasks, method_config, label_priors)
+
+
+__all__ = [
+    "ABSENT_BELOW",
+    "DWA",
+    "METHODS",
+    "DWAConfig",
+    "Fixed",
+    "FixedConfig",
+    "GeneralizedMean",
+    "GeneralizedMeanConfig",
+    "InitialLoss",
+    "InitialLossConfig",
+    "LossStatWeighting",
+    "PLESchedule",
+    "PLEScheduleConfig",
+    "PriorLoss",
+    "PriorLossConfig",
+    "RealtimeLoss",
+    "RealtimeLossConfig",
+    "Uncertainty",
+    "UncertaintyConfig",
+    "Weighting",
+    "WeightingConfig",
+    "bernoulli_entropy",
+    "build_weighting",
+]
