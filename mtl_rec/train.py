@@ -1,8 +1,9 @@
 """The per-worker training loop, run by Ray Train's TorchTrainer on every rank.
 
 One flat loop: batches -> DMP model -> per-task losses on their sample spaces (normalised by the
-global in-space count) -> fixed-weight sum -> one backward (fused table optimizer inside it) ->
-dense optimizer step. Then exact evaluation over every held-out row, and a sharded checkpoint.
+global in-space count) -> weighted sum (mtl_rec.weighting) -> one backward (fused table optimizer
+inside it) -> [gradient surgery on the backbone] -> dense optimizer step. Then exact evaluation over
+every held-out row, and a sharded checkpoint.
 
 Ranks stay in lockstep without dropping rows: the dataset is split with equal=False (no rows
 dropped; Ray's equal=True drops up to world-1), and `lockstep` all-reduces one small tensor per step.
@@ -120,6 +121,8 @@ def train_worker(inputs: WorkerInputs) -> None:
         MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, device, list(weighting.parameters())
     )
     model = sharded.model
+    if weighting.requires_shared:  # gradient methods measure the per-task gradients on the backbone
+        weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
     padding = padding_batch(None, inputs.layout, spec).to(device)
     if rank() == 0:
         (run_dir / "plan.json").write_text(plan_to_json(sharded.plan))
@@ -148,6 +151,7 @@ def train_worker(inputs: WorkerInputs) -> None:
             total, weights = weighting.combine(losses.losses, step)  # identical weights on every rank
             sharded.zero_grad()
             total.backward()  # the fused table optimizer runs in here
+            weighting.after_backward()  # surgery methods replace the (summed) shared gradients
             weighting.sync_gradients()  # learnable loss weights live outside DDP
             sharded.step()
             step += 1
@@ -168,11 +172,15 @@ def train_worker(inputs: WorkerInputs) -> None:
                         "weights": weights,
                     }
                 )
+                if weighting.last_cosines:  # gradient methods: cosines of the global task gradients
+                    history[-1]["grad_cosine"] = dict(weighting.last_cosines)
                 progress.set_postfix(
                     samples_s=f"{rows_seen / seconds:,.0f}", **{n: f"{v:.4f}" for n, v in zip(names, totals)}
                 )
             if cfg.train.max_steps and step >= cfg.train.max_steps:
-                break
+                break  # the same step on every rank (lockstep), so all ranks leave together
+        if cfg.train.max_steps and step >= cfg.train.max_steps:
+            break
     train_seconds = time.perf_counter() - start
     progress.close()
 

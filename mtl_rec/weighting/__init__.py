@@ -23,6 +23,15 @@ Loss-based methods registered here:
     realtime_loss     L_k / stop_grad(L_k)  (= sum_k log L_k)               Su Jianlin, 2022
     generalized_mean  ((1/K) sum L_k^gamma)^(1/gamma)                       Su Jianlin, 2022
 
+Gradient-based methods (mtl_rec.weighting.gradient: per-task gradients on the shared backbone
+parameters, all-reduced as one [K, P] tensor; then ONE normal backward per step):
+
+    grad_normalization  w_k = 1 / ||G_k||                                   Su Jianlin, 2022
+    gradnorm          learnable w, |w_k ||G_k|| - mean * r_k^alpha|, sum K  Chen et al., ICML 2018
+    mgda              min-norm convex combination (bounds: PE-LTR)         Sener & Koltun 2018; Lin 2019
+    pcgrad            project conflicting gradients (after_backward)       Yu et al., NeurIPS 2020
+    gradvac           raise cosines to an EMA target (after_backward)      Wang et al., ICLR 2021
+
 Example::
 
     >>> weighting = build_weighting(WeightingConfig("uncertainty"), cfg.tasks)
@@ -39,6 +48,8 @@ from mtl_rec.weighting.base import ABSENT_BELOW, LossStatWeighting, Weighting
 from mtl_rec.weighting.config import WeightingConfig
 from mtl_rec.weighting.dwa import DWA, DWAConfig
 from mtl_rec.weighting.fixed import Fixed, FixedConfig
+from mtl_rec.weighting.gradient import GradientWeighting, GradNormalization, GradNormalizationConfig
+from mtl_rec.weighting.gradnorm import GradNorm, GradNormConfig
 from mtl_rec.weighting.loss_normalization import (
     GeneralizedMean,
     GeneralizedMeanConfig,
@@ -50,7 +61,9 @@ from mtl_rec.weighting.loss_normalization import (
     RealtimeLossConfig,
     bernoulli_entropy,
 )
+from mtl_rec.weighting.mgda import MGDA, MGDAConfig
 from mtl_rec.weighting.ple_schedule import PLESchedule, PLEScheduleConfig
+from mtl_rec.weighting.surgery import GradVac, GradVacConfig, PCGrad, PCGradConfig
 from mtl_rec.weighting.uncertainty import Uncertainty, UncertaintyConfig
 
 METHODS: dict[str, tuple[type[Weighting], type]] = {
@@ -62,6 +75,11 @@ METHODS: dict[str, tuple[type[Weighting], type]] = {
     "prior_loss": (PriorLoss, PriorLossConfig),
     "realtime_loss": (RealtimeLoss, RealtimeLossConfig),
     "generalized_mean": (GeneralizedMean, GeneralizedMeanConfig),
+    "grad_normalization": (GradNormalization, GradNormalizationConfig),
+    "gradnorm": (GradNorm, GradNormConfig),
+    "mgda": (MGDA, MGDAConfig),
+    "pcgrad": (PCGrad, PCGradConfig),
+    "gradvac": (GradVac, GradVacConfig),
 }
 
 
@@ -87,9 +105,20 @@ __all__ = [
     "FixedConfig",
     "GeneralizedMean",
     "GeneralizedMeanConfig",
+    "GradNorm",
+    "GradNormConfig",
+    "GradNormalization",
+    "GradNormalizationConfig",
+    "GradVac",
+    "GradVacConfig",
+    "GradientWeighting",
     "InitialLoss",
     "InitialLossConfig",
     "LossStatWeighting",
+    "MGDA",
+    "MGDAConfig",
+    "PCGrad",
+    "PCGradConfig",
     "PLESchedule",
     "PLEScheduleConfig",
     "PriorLoss",

@@ -30,7 +30,9 @@ mtl_rec.weighting.METHODS. Constructors share one signature:
     __init__(tasks: Sequence[TaskConfig], config: <its config dataclass>, label_priors: Mapping | None)
 
 Gradient-based methods (GradNorm, PCGrad, MGDA, ...) need the shared parameters too: they set
-`requires_shared = True` and the trainer passes them once with `attach_shared(parameters)`.
+`requires_shared = True` and the trainer passes them once with `attach_shared(parameters)`; see
+mtl_rec.weighting.gradient. The trainer calls `after_backward()` right after the backward (surgery
+methods replace the shared gradients there; a no-op otherwise).
 
 Example::
 
@@ -80,6 +82,8 @@ class Weighting(nn.Module):
         # Plain tensor, not a buffer: it comes from the config, which is checkpointed separately.
         self.static_weights = torch.tensor([task.weight for task in tasks], dtype=torch.float64)  # [K]
         self.shared: tuple[nn.Parameter, ...] = ()
+        # Gradient-based methods: {"a|b": cosine of the global task gradients} of the last step.
+        self.last_cosines: dict[str, float] = {}
 
     def combine(self, losses: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         """{task: [] loss on this rank} and the global step (0 on the first step) ->
@@ -96,6 +100,10 @@ class Weighting(nn.Module):
     def attach_shared(self, parameters: Iterable[nn.Parameter]) -> None:
         """Give a gradient-based method the shared parameters it measures; loss-based methods ignore it."""
         self.shared = tuple(parameters)
+
+    def after_backward(self) -> None:
+        """Called right after the step's backward, before the optimizer step. Surgery methods
+        (PCGrad, GradVac) overwrite the shared parameters' summed gradients here; others do nothing."""
 
     def sync_gradients(self) -> None:
         """All-reduce (SUM) the gradients of this module's learnable parameters across ranks.

@@ -108,7 +108,9 @@ def test_esmm_cvr_beats_a_click_space_only_cvr_model(selection_biased_logs, tmp_
     assert esmm["auc"] > click_only["auc"], results
 
 
-@pytest.mark.parametrize("weighting", ["{method: uncertainty}", "{method: dwa, window: 3, temperature: 2.0}"])
+@pytest.mark.parametrize(
+    "weighting", ["{method: uncertainty}", "{method: dwa, window: 3, temperature: 2.0}", "{method: gradnorm}"]
+)
 def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
     weighting, generated_logs, tmp_path, ray_local
 ):
@@ -121,3 +123,6 @@ def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
     assert all(set(w) == {"ctr", "cvr", "cart"} for w in weights)
     assert any(w != weights[0] for w in weights[1:]), "the weights never moved"
     assert all(m["auc"] is not None and m["auc"] > 0.55 for m in metrics["tasks"].values())
+    if "gradnorm" in weighting:  # gradient methods also log the cosines of the task gradients
+        assert all(set(h["grad_cosine"]) == {"ctr|cvr", "ctr|cart", "cvr|cart"} for h in history)
+        assert all(-1.0 <= c <= 1.0 for h in history for c in h["grad_cosine"].values())
