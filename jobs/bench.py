@@ -7,6 +7,9 @@ train   the reference MMoE (jobs/configs/mmoe.yaml: 20 sparse features of dim 16
         [256, 128], 3 tasks) trained by `jobs.train` on one generated day: end-to-end samples/s
         (Ray Data + DMP + model + losses + optimizers) next to the model-only ceiling (the same job
         and process layout, each rank's batches built in memory first), and peak memory per worker.
+weighting  per-step time of every loss-weighting method relative to fixed weights, at 3 tasks: the
+        reference MMoE sharded by DMP on one gloo rank (fused table optimizer inside backward), the
+        same pre-built batches for every method, warm-up steps excluded.
 
 Speed lives here, never in timed tests. Figures go to docs/benchmarks.md with the machine and command.
 """
@@ -255,11 +258,100 @@ def print_train(result: dict) -> None:
     print(f"  loader cost against the ceiling: {result['loader_cost']:.1%}")
 
 
+def bench_weighting(args) -> dict:
+    import os
+
+    import pyarrow.parquet as pq
+    import torch
+    import torch.distributed as dist
+
+    from mtl_rec.config.run import load_run_config
+    from mtl_rec.losses import task_losses
+    from mtl_rec.metrics import required_spaces
+    from mtl_rec.models.model import MultiTaskModel
+    from mtl_rec.sharding import shard_model
+    from mtl_rec.weighting import METHODS, build_weighting
+    from pipelines.collate import collate
+    from pipelines.dataset import layout_for
+    from pipelines.prepare import prepare_block
+    from pipelines.read import inspect_logs, parse_dates
+    from pipelines.transform import block_moments, reduce_moments
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29561")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_run_config(args.train_config, [f"data.batch_size={args.weighting_batch_size}"])
+    spec = cfg.feature_spec()
+    inventory = inspect_logs(
+        ensure_logs(Path(args.cache), args.rows_per_day, 2), parse_dates("2026-11-18"), spec
+    )
+    table = pq.read_table(inventory.paths[0], columns=inventory.columns)
+    stats = reduce_moments([block_moments(table, spec).to_pylist()[0]], spec)
+    spaces = required_spaces(cfg.tasks, spec)
+    prepared = prepare_block(table, inventory.paths[0], spec, stats, spaces, "error", None)
+    layout = layout_for(spec, spaces, inventory)
+    batch_size = cfg.data.batch_size
+    batches = [
+        collate(prepared.slice(i, batch_size), layout) for i in range(0, prepared.num_rows, batch_size)
+    ]
+    batches = [b for b in batches if b.batch_size == batch_size]
+    priors = {t.name: 0.1 for t in cfg.tasks}
+    results = {}
+    for method in METHODS:
+        torch.manual_seed(0)
+        weighting = build_weighting(
+            load_run_config(args.train_config, [f"weighting.method={method}"]).weighting, cfg.tasks, priors
+        )
+        sharded = shard_model(
+            MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, torch.device("cpu"), list(weighting.parameters())
+        )
+        if weighting.requires_shared:
+            weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
+        times = []
+        for step in range(args.weighting_warmup + args.weighting_steps):
+            batch = batches[step % len(batches)]
+            begin = time.perf_counter()
+            total, _ = weighting.combine(task_losses(sharded.model(batch), batch, cfg.tasks).losses, step)
+            sharded.zero_grad()
+            total.backward()
+            weighting.after_backward()
+            weighting.sync_gradients()
+            sharded.step()
+            times.append(time.perf_counter() - begin)
+        step_ms = 1000 * float(np.median(times[args.weighting_warmup :]))
+        results[method] = {"step_ms": step_ms, "kind": "gradient" if weighting.requires_shared else "loss"}
+    fixed = results["fixed"]["step_ms"]
+    for r in results.values():
+        r["relative_to_fixed"] = r["step_ms"] / fixed
+    return {
+        "config": args.train_config,
+        "tasks": len(cfg.tasks),
+        "batch_size": batch_size,
+        "steps": args.weighting_steps,
+        "methods": results,
+    }
+
+
+def print_weighting(result: dict) -> None:
+    print(
+        f"\nweighting: {result['config']}, {result['tasks']} tasks, batch {result['batch_size']}, "
+        f"median of {result['steps']} steps"
+    )
+    for method, r in result["methods"].items():
+        goal = 1.3 if r["kind"] == "loss" else 2.0
+        print(
+            f"  {method:18s} {r['step_ms']:8.1f} ms/step  {r['relative_to_fixed']:5.2f}x fixed  "
+            f"(goal <= {goal}x, {r['kind']}-based)"
+        )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["loader", "train", "all"])
+    parser.add_argument("what", choices=["loader", "train", "weighting", "all"])
     parser.add_argument("--out", default="docs/bench-latest.json")
     parser.add_argument("--spec", default="jobs/configs/features.yaml")
     parser.add_argument("--cache", default="data/bench", help="where generated benchmark logs are kept")
@@ -273,6 +365,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--train-config", default="jobs/configs/mmoe.yaml")
     parser.add_argument("--train-batch-size", type=int, default=4096)
+    parser.add_argument("--weighting-batch-size", type=int, default=4096)
+    parser.add_argument("--weighting-steps", type=int, default=20)
+    parser.add_argument("--weighting-warmup", type=int, default=3)
     args = parser.parse_args(argv)
 
     results = {"machine": machine(), "command": "python -m jobs.bench " + " ".join(argv or os.sys.argv[1:])}
@@ -282,6 +377,9 @@ def main(argv=None) -> None:
     if args.what in ("train", "all"):
         results["train"] = bench_train(args)
         print_train(results["train"])
+    if args.what in ("weighting", "all"):
+        results["weighting"] = bench_weighting(args)
+        print_weighting(results["weighting"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
