@@ -61,7 +61,7 @@ class WorkerInputs:
     label_priors: dict | None = None  # {task: positive rate over its space}, for weighting=prior_loss
 
 
-def padding_batch(template: Batch | None, layout, spec) -> Batch:
+def padding_batch(layout, spec) -> Batch:
     """A 1-row batch in no sample space: row 0 of every table, zero dense, all masks False."""
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -123,7 +123,7 @@ def train_worker(inputs: WorkerInputs) -> None:
     model = sharded.model
     if weighting.requires_shared:  # gradient methods measure the per-task gradients on the backbone
         weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
-    padding = padding_batch(None, inputs.layout, spec).to(device)
+    padding = padding_batch(inputs.layout, spec).to(device)
     if rank() == 0:
         (run_dir / "plan.json").write_text(plan_to_json(sharded.plan))
         print(f"[rank 0] sharding plan ({world} ranks):\n{sharded.plan}", flush=True)

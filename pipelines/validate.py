@@ -139,8 +139,8 @@ def _describe(source: str, first: np.ndarray, reasons: list[str]) -> str:
 
 def _write_quarantine(rejected: pa.Table, spec: FeatureSpec, quarantine_dir: Path, source: str) -> None:
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    ids = rejected[spec.id_column].to_pylist()
-    key = hashlib.sha1(f"{source}|{ids[0]}|{ids[-1]}|{len(ids)}".encode()).hexdigest()[:16]
+    ids = rejected[spec.id_column]
+    key = hashlib.sha1(f"{source}|{ids[0].as_py()}|{ids[-1].as_py()}|{len(ids)}".encode()).hexdigest()[:16]
     final = quarantine_dir / f"{Path(source).stem}-{key}.parquet"
     temporary = final.with_suffix(f".{np.random.randint(1 << 30)}.tmp")
     pq.write_table(rejected, temporary)
