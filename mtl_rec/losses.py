@@ -33,7 +33,7 @@ from torch import Tensor
 from mtl_rec.batch import Batch
 from mtl_rec.config.model import TaskConfig
 from mtl_rec.config.spaces import space_key
-from mtl_rec.distributed import all_reduce_sum
+from mtl_rec.distributed import all_reduce_sum, world_size
 from mtl_rec.models.heads import TaskOutputs
 
 
@@ -90,6 +90,39 @@ def task_losses(outputs: TaskOutputs, batch: Batch, tasks: Sequence[TaskConfig])
         losses[name] = in_space.sum() / max(global_count, 1)  # [B] -> []
         counts[name] = float(global_count)
     return TaskLosses(losses=losses, counts=counts)
+
+
+def auxiliary_losses(aux: Mapping[str, Tensor], spaces: Mapping[str, str], batch: Batch) -> dict[str, Tensor]:
+    """The backbone's auxiliary terms (TaskOutputs.aux) -> {name: [] this rank's share}, same convention
+    as the task losses: summed over ranks, each is the term of the global batch.
+
+    aux:    {name: [B] per-row term, or [] parameter penalty}; coefficients already applied
+    spaces: {name: sample-space key} for per-row terms (default "all"); rows outside it contribute 0
+    batch:  its masks
+
+    A per-row term is summed over its in-space rows and divided by the space's GLOBAL row count; a
+    penalty is divided by the world size (every rank adds it, the gradients are summed, so the
+    global objective holds it once). Collective when any per-row term exists: one all-reduce.
+    """
+    per_row = {name: term for name, term in aux.items() if term.dim() == 1}
+    keys = {name: space_key(spaces.get(name, "all")) for name in per_row}
+    for name, key in keys.items():
+        if key not in batch.masks:
+            raise KeyError(
+                f"auxiliary loss {name!r}: the batch has no mask {key!r} (it has {sorted(batch.masks)})"
+            )
+    result: dict[str, Tensor] = {}
+    if per_row:
+        masks = [batch.masks[keys[name]] for name in per_row]  # n x [B] bool
+        global_counts = all_reduce_sum(torch.stack([mask.sum() for mask in masks])).tolist()  # [n]
+        for (name, term), mask, count in zip(per_row.items(), masks, global_counts, strict=True):
+            result[name] = torch.where(mask, term, torch.zeros_like(term)).sum() / max(count, 1)  # [B] -> []
+    for name, term in aux.items():
+        if term.dim() == 0:
+            result[name] = term / world_size()  # []
+        elif term.dim() != 1:
+            raise ValueError(f"auxiliary loss {name!r} must be [B] or [], got shape {tuple(term.shape)}")
+    return result
 
 
 def weighted_sum(losses: Mapping[str, Tensor], weights: Mapping[str, float | Tensor]) -> Tensor:

@@ -103,7 +103,7 @@ def train_worker(inputs: WorkerInputs) -> None:
 
     from mtl_rec.checkpoint import save_checkpoint
     from mtl_rec.distributed import all_reduce_sum, rank, world_size
-    from mtl_rec.losses import task_losses
+    from mtl_rec.losses import auxiliary_losses, task_losses
     from mtl_rec.models.model import MultiTaskModel
     from mtl_rec.sharding import plan_to_json, shard_model
     from mtl_rec.weighting import build_weighting
@@ -124,6 +124,7 @@ def train_worker(inputs: WorkerInputs) -> None:
     if weighting.requires_shared:  # gradient methods measure the per-task gradients on the backbone
         weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
     padding = padding_batch(inputs.layout, spec).to(device)
+    aux_spaces = sharded.module.auxiliary_spaces()
     if rank() == 0:
         (run_dir / "plan.json").write_text(plan_to_json(sharded.plan))
         print(f"[rank 0] sharding plan ({world} ranks):\n{sharded.plan}", flush=True)
@@ -149,6 +150,9 @@ def train_worker(inputs: WorkerInputs) -> None:
             outputs = model(batch)
             losses = task_losses(outputs, batch, cfg.tasks)
             total, weights = weighting.combine(losses.losses, step)  # identical weights on every rank
+            aux = auxiliary_losses(outputs.aux, aux_spaces, batch)  # regularisers, added unweighted
+            if aux:
+                total = total + torch.stack(list(aux.values())).sum()
             sharded.zero_grad()
             total.backward()  # the fused table optimizer runs in here
             weighting.after_backward()  # surgery methods replace the (summed) shared gradients
@@ -172,6 +176,10 @@ def train_worker(inputs: WorkerInputs) -> None:
                         "weights": weights,
                     }
                 )
+                if aux:
+                    history[-1]["aux"] = dict(
+                        zip(aux, all_reduce_sum(torch.stack(list(aux.values())).detach()).tolist())
+                    )
                 if weighting.last_cosines:  # gradient methods: cosines of the global task gradients
                     history[-1]["grad_cosine"] = dict(weighting.last_cosines)
                 progress.set_postfix(

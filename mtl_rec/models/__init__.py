@@ -7,6 +7,17 @@ backbone and its config dataclass + one line in MODELS. Every backbone has the s
     output_dims: dict[str, int]                      {task: H_task}
     forward(x: Tensor[B, input_dim]) -> {task: Tensor[B, H_task]}
 
+Two optional hooks, for architectures that need more than x (MultiTaskModel checks for them):
+
+    reads_batch = True                     forward(x, batch) instead: the Batch too (STAR reads the
+                                           domain column from batch.meta)
+    auxiliary_losses(outputs, batch) -> {name: Tensor}
+                                           regulariser terms after the heads ran: a [B] per-row term
+                                           (averaged over the rows of auxiliary_spaces[name], "all"
+                                           by default, with the GLOBAL count) or a [] penalty on
+                                           parameters; coefficients applied. They are added to the
+                                           weighted task loss unweighted (mtl_rec.losses.auxiliary_losses)
+
 MultiTaskModel (model.py) imports TorchRec, so it is imported on first use rather than here: config
 validation (which reads MODELS) stays light on a Ray driver.
 

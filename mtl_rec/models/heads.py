@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +49,15 @@ class TaskOutputs:
              (ESMM's CVR logit: evaluate it on the parent's positive rows)
     log_p:   log p(label = 1) over the task's space; for a chained task over the entire space (CTCVR)
     log_1mp: log(1 - p) for the same p, computed without cancellation
+    aux:     the backbone's auxiliary loss terms (regularisers such as SNR's L0 penalty, AITM's
+             calibrator, ESCM2's counterfactual risks): {name: [B] per-row term or [] penalty},
+             coefficient already applied; mtl_rec.losses.auxiliary_losses normalises them globally
     """
 
     logit: dict[str, Tensor]
     log_p: dict[str, Tensor]
     log_1mp: dict[str, Tensor]
+    aux: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def tasks(self) -> tuple[str, ...]:

@@ -122,8 +122,18 @@ class MultiTaskModel(nn.Module):
         if self.dense_arch is not None:
             dense = self.dense_arch(batch.dense)  # [B, D] -> [B, H_dense]
             x = torch.cat([x, dense], dim=1)  # [B, sum_k D_k] ++ [B, H_dense] -> [B, In]
-        features = self.backbone(x)  # [B, In] -> {task: [B, H_task]}
-        return self.heads(features)  # {task: [B, H_task]} -> TaskOutputs of {task: [B]}
+        if getattr(self.backbone, "reads_batch", False):
+            features = self.backbone(x, batch)  # [B, In] (+ batch.meta) -> {task: [B, H_task]}
+        else:
+            features = self.backbone(x)  # [B, In] -> {task: [B, H_task]}
+        outputs = self.heads(features)  # {task: [B, H_task]} -> TaskOutputs of {task: [B]}
+        if hasattr(self.backbone, "auxiliary_losses"):
+            outputs.aux = self.backbone.auxiliary_losses(outputs, batch)  # {name: [B] or []}
+        return outputs
+
+    def auxiliary_spaces(self) -> dict[str, str]:
+        """{aux term name: sample-space key its per-row terms are averaged over} (default "all")."""
+        return dict(getattr(self.backbone, "auxiliary_spaces", {}))
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Every parameter outside the embedding tables (dense arch, backbone, towers), in module order.
