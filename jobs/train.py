@@ -26,6 +26,7 @@ import yaml
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.run import RunConfig, load_run_config
+from mtl_rec.config.stats import FeatureStats
 
 
 def start_ray(address: str | None) -> None:
@@ -67,10 +68,19 @@ def train(
     out: Path,
     spec_overrides: tuple[str, ...] = (),
     address: str | None = None,
+    init_from: str | Path | None = None,
 ) -> dict:
+    """Train on `train_dates`, evaluate on `eval_dates`; returns (and writes) RUN_DIR/metrics.json.
+
+    A RUN_DIR that already holds a published checkpoint is RESUMED (the same dates and files):
+    training continues from its data position, so no row is trained on twice, and a finished run
+    goes straight to evaluation. `init_from` (a checkpoint directory) warm-starts a fresh run.
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from mtl_rec.checkpoint import published_checkpoint
+    from mtl_rec.data_position import POSITION_FILE
     from mtl_rec.metrics import required_spaces
     from mtl_rec.train import NoDropDataConfig, WorkerInputs, train_worker
     from pipelines.dataset import build_dataset, compute_stats, layout_for
@@ -89,11 +99,19 @@ def train(
 
     start_ray(address)
     quarantine = out / "quarantine"
-    stats = compute_stats(train_inventory, spec, cfg.data, quarantine)
-    stats.save(out / "feature_stats.json")
+    resumed = published_checkpoint(out / "checkpoint")
+    if resumed is not None and resumed.name != "checkpoint":  # a crash between publish's two renames
+        resumed.rename(out / "checkpoint")
+    if resumed is not None and (out / "feature_stats.json").is_file():
+        stats = FeatureStats.load(out / "feature_stats.json")  # the scaling the checkpoint was trained with
+    else:
+        stats = compute_stats(train_inventory, spec, cfg.data, quarantine)
+        stats.save(out / "feature_stats.json")
     spaces = required_spaces(cfg.tasks, spec)
     datasets = {
-        "train": build_dataset(train_inventory, spec, stats, spaces, cfg.data, quarantine),
+        "train": build_dataset(
+            train_inventory, spec, stats, spaces, cfg.data, quarantine, out / "checkpoint" / POSITION_FILE
+        ),
         "eval": build_dataset(eval_inventory, spec, stats, spaces, cfg.data, quarantine),
     }
     layout = layout_for(spec, spaces, eval_inventory)
@@ -111,6 +129,8 @@ def train(
             layout,
             str(out),
             train_inventory.rows,
+            tuple(train_inventory.paths),
+            str(Path(init_from).resolve()) if init_from else None,
             label_priors(train_inventory, cfg.tasks, spec) if cfg.weighting.method == "prior_loss" else None,
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -119,7 +139,11 @@ def train(
         ),
         datasets=datasets,
         dataset_config=NoDropDataConfig(preserve_order=cfg.data.deterministic),
-        run_config=ray.train.RunConfig(name="train", storage_path=str(out / "ray")),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str(out / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
     )
     trainer.fit()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -156,7 +180,8 @@ def metrics_table(metrics: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m jobs.train` (infra/ manifests are checked against it)."""
     parser = argparse.ArgumentParser(
         prog="python -m jobs.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -174,10 +199,22 @@ def main(argv=None) -> None:
         help="feature-spec override, e.g. tables.user_id.num_embeddings=100000",
     )
     parser.add_argument("--address", default=None, help="Ray cluster address; default starts a local Ray")
-    args = parser.parse_args(argv)
+    parser.add_argument("--init-from", default=None, help="checkpoint directory to warm-start from")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     cfg = load_run_config(args.config, args.set)
     metrics = train(
-        cfg, args.logs, args.train_dates, args.eval_dates, args.out, tuple(args.spec_set), args.address
+        cfg,
+        args.logs,
+        args.train_dates,
+        args.eval_dates,
+        args.out,
+        tuple(args.spec_set),
+        args.address,
+        args.init_from,
     )
     print(metrics_table(metrics, f"# {args.config}: {args.train_dates} -> {args.eval_dates}"))
     print(f"\nrun directory: {args.out}")

@@ -37,6 +37,8 @@ class Batch(Pipelineable):
     masks:  {sample space: [B] bool}, which rows each space contains
     ids:    [B] int64 request ids (exactly-once accounting; never a model input)
     meta:   {name: [B]} columns for metrics and reports only (group key, ts, _truth_ probabilities)
+    positions: [B] int64 where each row sits in the logs (mtl_rec.data_position), or None; kept on the
+            CPU, for the data position a checkpoint records
     """
 
     sparse: KeyedJaggedTensor
@@ -45,6 +47,7 @@ class Batch(Pipelineable):
     masks: dict[str, torch.Tensor]
     ids: torch.Tensor
     meta: dict[str, torch.Tensor] = field(default_factory=dict)
+    positions: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -62,6 +65,7 @@ class Batch(Pipelineable):
             masks=_map(self.masks, move),
             ids=move(self.ids),
             meta=_map(self.meta, move),
+            positions=self.positions,
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -78,4 +82,5 @@ class Batch(Pipelineable):
             masks=_map(self.masks, pin),
             ids=pin(self.ids),
             meta=_map(self.meta, pin),
+            positions=self.positions,
         )

@@ -1,18 +1,31 @@
 """Sharded checkpoints with torch.distributed.checkpoint (DCP), published atomically.
 
     RUN_DIR/checkpoint/            the published checkpoint (never half-written)
-      model/                       DCP shards of DMP's state dict (each rank writes its own shards)
-      plan.json  config.yaml  feature_stats.json
+      model/                       DCP shards: DMP's state dict and the fused table optimizer's state
+                                   (each rank writes its own shards)
+      replicated.pt                state identical on every rank, written by rank 0: the dense
+                                   optimizer, the data-parallel tables' optimizer, the weighting
+      plan.json  config.yaml  feature_stats.json  data_position.json  ...   (`files`)
       MANIFEST.json                written LAST: its presence means the checkpoint is complete
 
 Every rank writes into RUN_DIR/checkpoint.tmp-<token>/; after a barrier rank 0 writes the manifest,
 moves any previous checkpoint aside and renames the new one into place, so a crash mid-save
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact (and a crash between the two renames leaves it under
+checkpoint.previous, which `published_checkpoint` finds).
+
+World size. DCP reshards on load: a checkpoint saved on 2 ranks loads on 1 (or 4) as long as every
+table keeps its sharding TYPE (table-wise tables may move between ranks, column-wise shards may
+merge). The fused optimizer's state is keyed by sharding type, so where the plan changed a table's
+type (e.g. data_parallel -> table_wise, or the free planner chose differently at another world
+size) loading the optimizer state is refused with an error that names the tables; `weights_only`
+loads the weights alone.
 
 Example::
 
-    >>> save_checkpoint(sharded.model, run_dir / "checkpoint", files={"plan.json": plan_to_json(plan)})
-    >>> load_checkpoint(fresh.model, run_dir / "checkpoint")    # same plan: bit-identical weights
+    >>> save_checkpoint(sharded, run_dir / "checkpoint", files={"plan.json": plan_to_json(sharded.plan)},
+    ...                 replicated={"weighting": weighting.state_dict()})
+    >>> state = load_checkpoint(fresh, run_dir / "checkpoint")     # bit-identical weights and optimizers
+    >>> weighting.load_state_dict(state.replicated["weighting"])
 """
 
 from __future__ import annotations
@@ -20,8 +33,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -29,6 +45,18 @@ from torch import nn
 from mtl_rec.distributed import is_distributed, rank
 
 MANIFEST = "MANIFEST.json"
+REPLICATED = "replicated.pt"
+
+
+class CheckpointMismatch(RuntimeError):
+    """The checkpoint cannot be loaded into this model as asked (and why)."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    manifest: dict
+    replicated: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
 
 
 def _barrier() -> None:
@@ -43,18 +71,54 @@ def _broadcast_token() -> str:
     return token[0]
 
 
+def _parts(target) -> tuple[nn.Module, Any]:
+    """A ShardedModel or a bare DMP model -> (model, the ShardedModel or None)."""
+    return (target.model, target) if hasattr(target, "dense_optimizer") else (target, None)
+
+
+def _fused_state(model: nn.Module) -> dict | None:
+    optimizer = getattr(model, "fused_optimizer", None)
+    if optimizer is None:
+        return None
+    state = optimizer.state_dict()
+    return state if state.get("state") and any(state["state"].values()) else None  # SGD has no state
+
+
 def save_checkpoint(
-    model: nn.Module, path: str | Path, files: dict[str, str] | None = None, manifest: dict | None = None
+    target,
+    path: str | Path,
+    files: dict[str, str] | None = None,
+    manifest: dict | None = None,
+    replicated: dict[str, Any] | None = None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the published path."""
+    """Collective: every rank calls it. Returns the published path.
+
+    target:     a ShardedModel (weights, fused table optimizer, dense + data-parallel table optimizers)
+                or a bare DMP model (weights and fused optimizer only)
+    files:      {name: text} written beside the shards by rank 0
+    replicated: {name: picklable state identical on every rank} (e.g. the weighting's state_dict)
+    """
+    model, sharded = _parts(target)
     path = Path(path)
     staging = path.parent / f"{path.name}.tmp-{_broadcast_token()}"
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(staging / "model"))
+    state: dict[str, Any] = {"model": model.state_dict()}
+    fused = _fused_state(model)
+    if fused is not None:
+        state["fused_optimizer"] = fused
+    dcp.save(state, checkpoint_id=str(staging / "model"))
     _barrier()
     if rank() == 0:
+        objects = dict(replicated or {})
+        if sharded is not None:
+            objects["dense_optimizer"] = sharded.dense_optimizer.state_dict()
+            if sharded.table_optimizer is not None:
+                objects["table_optimizer"] = sharded.table_optimizer.state_dict()
+        torch.save(objects, staging / REPLICATED)
         for name, text in (files or {}).items():
             (staging / name).write_text(text)
-        (staging / MANIFEST).write_text(json.dumps({"complete": True, **(manifest or {})}, indent=2))
+        (staging / MANIFEST).write_text(
+            json.dumps({"complete": True, "fused_optimizer": fused is not None, **(manifest or {})}, indent=2)
+        )
         previous = path.parent / f"{path.name}.previous"
         if path.exists():
             shutil.rmtree(previous, ignore_errors=True)
@@ -65,12 +129,74 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
-    """Collective: load a published checkpoint into `model`, sharded as when saved. Returns the manifest."""
+def published_checkpoint(path: str | Path) -> Path | None:
+    """The complete checkpoint at `path`, or the one a crash between publish's two renames left at
+    `path`.previous; None where there is none. Half-written staging directories are never returned."""
+    path = Path(path)
+    for candidate in (path, path.parent / f"{path.name}.previous"):
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    return None
+
+
+def _sharding_types(plan_json: str) -> dict[str, str]:
+    return {table: entry["sharding_type"] for table, entry in json.loads(plan_json).items()}
+
+
+def check_plan(path: Path, current_plan_json: str | None) -> list[str]:
+    """Tables whose sharding type differs between the checkpoint's plan.json and the current plan."""
+    saved = path / "plan.json"
+    if current_plan_json is None or not saved.is_file():
+        return []
+    before, now = _sharding_types(saved.read_text()), _sharding_types(current_plan_json)
+    return [
+        f"{table}: {before.get(table, 'absent')} -> {now.get(table, 'absent')}"
+        for table in sorted(set(before) | set(now))
+        if before.get(table) != now.get(table)
+    ]
+
+
+def load_checkpoint(
+    target, path: str | Path, weights_only: bool = False, current_plan_json: str | None = None
+) -> LoadedCheckpoint:
+    """Collective: load a published checkpoint into `target` (ShardedModel or bare DMP model).
+
+    weights_only:      load the model's weights only (warm start); otherwise the optimizers too
+    current_plan_json: mtl_rec.sharding.plan_to_json of the target's plan; with it, a change of any
+                       table's sharding type is a CheckpointMismatch when optimizer state is loaded
+    Returns the manifest and the replicated objects (the caller restores e.g. the weighting's state).
+    FileNotFoundError where the path holds no complete checkpoint.
+    """
+    model, sharded = _parts(target)
     path = Path(path)
     if not (path / MANIFEST).exists():
         raise FileNotFoundError(f"{path}: no {MANIFEST}; not a complete checkpoint")
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path / "model"))
+    manifest = json.loads((path / MANIFEST).read_text())
+    changed = check_plan(path, current_plan_json)
+    if changed and not weights_only:
+        raise CheckpointMismatch(
+            f"{path}: saved on {manifest.get('world_size', '?')} ranks with another sharding plan; tables "
+            f"whose sharding type changed: {', '.join(changed)}. Their optimizer state cannot be loaded "
+            "into the new layout: keep the sharding types (config sharding.tables) or load weights only."
+        )
+    state: dict[str, Any] = {"model": model.state_dict()}
+    fused = None if weights_only or not manifest.get("fused_optimizer") else _fused_state(model)
+    if fused is not None:
+        state["fused_optimizer"] = fused
+    try:
+        dcp.load(state, checkpoint_id=str(path / "model"))
+    except Exception as error:  # DCP's own message lists keys, not the cause
+        detail = f" (sharding type changed: {', '.join(changed)})" if changed else ""
+        raise CheckpointMismatch(f"{path}: cannot be loaded into this model{detail}: {error}") from error
     model.load_state_dict(state["model"])
-    return json.loads((path / MANIFEST).read_text())
+    if fused is not None:
+        model.fused_optimizer.load_state_dict(state["fused_optimizer"])
+    replicated: dict[str, Any] = {}
+    if (path / REPLICATED).is_file():
+        replicated = torch.load(path / REPLICATED, map_location="cpu", weights_only=False)
+    if sharded is not None and not weights_only:
+        if "dense_optimizer" in replicated:
+            sharded.dense_optimizer.load_state_dict(replicated["dense_optimizer"])
+        if sharded.table_optimizer is not None and "table_optimizer" in replicated:
+            sharded.table_optimizer.load_state_dict(replicated["table_optimizer"])
+    return LoadedCheckpoint(manifest, replicated, path)

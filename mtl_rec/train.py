@@ -58,6 +58,8 @@ class WorkerInputs:
     layout: object  # pipelines.collate.BatchLayout
     run_dir: str
     train_rows: int  # rows in the training files (footers), for progress
+    train_files: tuple[str, ...] = ()  # the training inventory's paths, in order (data positions)
+    init_from: str | None = None  # a checkpoint to warm-start from (a fresh run only)
     label_priors: dict | None = None  # {task: positive rate over its space}, for weighting=prior_loss
 
 
@@ -97,14 +99,20 @@ def lockstep(batches: Iterator[Batch], padding: Batch) -> Iterator[tuple[Batch, 
 
 
 def train_worker(inputs: WorkerInputs) -> None:
-    """Ray Train's train_loop_per_worker. Rank 0 writes RUN_DIR/metrics.json and plan.json."""
+    """Ray Train's train_loop_per_worker. Rank 0 writes RUN_DIR/metrics.json and plan.json.
+
+    Resumes from RUN_DIR/checkpoint when one is published (a restart after a worker failure, or a
+    re-run): weights, optimizers, weighting state, history and the data position (mtl_rec.run_state).
+    Otherwise `inputs.init_from` (a checkpoint path) warm-starts the weights (and the optimizers,
+    where the sharding plan agrees).
+    """
     import ray.train
     from tqdm import tqdm
 
-    from mtl_rec.checkpoint import save_checkpoint
     from mtl_rec.distributed import all_reduce_sum, rank, world_size
     from mtl_rec.losses import auxiliary_losses, task_losses
     from mtl_rec.models.model import MultiTaskModel
+    from mtl_rec.run_state import RunProgress
     from mtl_rec.sharding import plan_to_json, shard_model
     from mtl_rec.weighting import build_weighting
     from pipelines.dataset import iter_batches
@@ -125,23 +133,44 @@ def train_worker(inputs: WorkerInputs) -> None:
         weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
     padding = padding_batch(inputs.layout, spec).to(device)
     aux_spaces = sharded.module.auxiliary_spaces()
+    plan_json = plan_to_json(sharded.plan)
+    _write_worker_file(run_dir)
     if rank() == 0:
-        (run_dir / "plan.json").write_text(plan_to_json(sharded.plan))
+        (run_dir / "plan.json").write_text(plan_json)
         print(f"[rank 0] sharding plan ({world} ranks):\n{sharded.plan}", flush=True)
 
-    history, step, rows_seen, start = [], 0, 0, time.perf_counter()
+    checkpoint_files = {
+        "plan.json": plan_json,
+        "config.yaml": _yaml(to_dict(cfg)),
+        "feature_stats.json": json.dumps(to_dict(inputs.stats), indent=2),
+    }
+    run = RunProgress.start(
+        sharded, weighting, run_dir, inputs.train_files, cfg.train.epochs, plan_json, cfg.train.audit_ids
+    )
+    warm_start = _warm_start(sharded, weighting, inputs.init_from, plan_json) if run.step == 0 else None
+    if rank() == 0 and run.resumed_from:
+        print(f"[rank 0] resumed from the checkpoint at {run.resumed_from}", flush=True)
+
+    def checkpoint() -> None:
+        manifest = {"world_size": world, "done": run.done}
+        run.checkpoint(sharded, weighting, run_dir / "checkpoint", checkpoint_files, manifest)
+
+    history, rows_at_start, start = run.history, run.position.rows, time.perf_counter()
     progress = tqdm(
         total=inputs.train_rows * cfg.train.epochs, unit="rows", disable=rank() != 0, desc="train"
     )
+    progress.update(run.position.rows)
     model.train()
     prebuilt = None
     if cfg.train.prebuilt_batches:
         shard = ray.train.get_dataset_shard("train")
         prebuilt = list(iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches))
         start = time.perf_counter()
-    for epoch in range(cfg.train.epochs):
+    every = cfg.train.checkpoint_every
+    stop = lambda: cfg.train.max_steps and run.step >= cfg.train.max_steps  # noqa: E731
+    while not run.done and not stop():
         if prebuilt is None:
-            shard = ray.train.get_dataset_shard("train")
+            shard = ray.train.get_dataset_shard("train")  # the read tasks skip rows the position covers
             batches = iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches)
         else:
             batches = iter(prebuilt)
@@ -149,7 +178,7 @@ def train_worker(inputs: WorkerInputs) -> None:
             batch = batch.to(device, non_blocking=True) if real else batch
             outputs = model(batch)
             losses = task_losses(outputs, batch, cfg.tasks)
-            total, weights = weighting.combine(losses.losses, step)  # identical weights on every rank
+            total, weights = weighting.combine(losses.losses, run.step)  # identical weights on every rank
             aux = auxiliary_losses(outputs.aux, aux_spaces, batch)  # regularisers, added unweighted
             if aux:
                 total = total + torch.stack(list(aux.values())).sum()
@@ -158,63 +187,99 @@ def train_worker(inputs: WorkerInputs) -> None:
             weighting.after_backward()  # surgery methods replace the (summed) shared gradients
             weighting.sync_gradients()  # learnable loss weights live outside DDP
             sharded.step()
-            step += 1
-            rows_seen += global_rows
+            if real:
+                run.record(batch, global_rows)
+            else:
+                run.count_padding_step(global_rows)
             progress.update(global_rows)
-            if step % cfg.train.log_every == 0:
+            if run.step % cfg.train.log_every == 0:
                 names = list(losses.losses)
                 totals = all_reduce_sum(torch.stack([losses.losses[n].detach() for n in names])).tolist()
                 seconds = time.perf_counter() - start
+                rows_now = run.position.rows - rows_at_start
                 history.append(
                     {
-                        "step": step,
-                        "epoch": epoch,
-                        "rows": rows_seen,
+                        "step": run.step,
+                        "epoch": run.epoch,
+                        "rows": run.position.rows,
                         "seconds": seconds,
-                        "samples_per_s": rows_seen / seconds,
+                        "samples_per_s": rows_now / seconds,
                         "loss": dict(zip(names, totals)),
                         "weights": weights,
                     }
                 )
                 if aux:
-                    history[-1]["aux"] = dict(
-                        zip(aux, all_reduce_sum(torch.stack(list(aux.values())).detach()).tolist())
-                    )
+                    aux_totals = all_reduce_sum(torch.stack(list(aux.values())).detach()).tolist()
+                    history[-1]["aux"] = dict(zip(aux, aux_totals))
                 if weighting.last_cosines:  # gradient methods: cosines of the global task gradients
                     history[-1]["grad_cosine"] = dict(weighting.last_cosines)
                 progress.set_postfix(
-                    samples_s=f"{rows_seen / seconds:,.0f}", **{n: f"{v:.4f}" for n, v in zip(names, totals)}
+                    samples_s=f"{rows_now / seconds:,.0f}", **{n: f"{v:.4f}" for n, v in zip(names, totals)}
                 )
-            if cfg.train.max_steps and step >= cfg.train.max_steps:
+            if every and run.step % every == 0 and not stop():
+                checkpoint()
+            if stop():
                 break  # the same step on every rank (lockstep), so all ranks leave together
-        if cfg.train.max_steps and step >= cfg.train.max_steps:
-            break
+        if not stop():
+            run.end_epoch()  # the epoch's rows are all trained: the next epoch reads every row
+            if every and not run.done:
+                checkpoint()
+    run.position.epoch = max(run.epoch, cfg.train.epochs)  # max_steps ends training early: done
     train_seconds = time.perf_counter() - start
     progress.close()
+    checkpoint()  # before evaluation: a failure while evaluating resumes straight to evaluation
 
     metrics = evaluate(model, inputs, spec, cfg, padding, device)
     peak_rss_mb = all_gather_floats(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    trained_rows = run.position.rows - rows_at_start
     summary = {
         "tasks": metrics,
         "train": {
-            "rows": rows_seen,
+            "rows": run.position.rows,
+            "rows_this_attempt": trained_rows,
             "seconds": train_seconds,
-            "steps": step,
-            "samples_per_s": rows_seen / train_seconds,
+            "steps": run.step,
+            "samples_per_s": trained_rows / train_seconds if train_seconds > 0 else None,
             "workers": world,
             "peak_rss_mb_per_worker": peak_rss_mb,
+            "resumed_from": run.resumed_from,
+            "warm_start": warm_start,
             "history": history,
         },
     }
-    files = {
-        "plan.json": plan_to_json(sharded.plan),
-        "config.yaml": _yaml(to_dict(cfg)),
-        "feature_stats.json": json.dumps(to_dict(inputs.stats), indent=2),
-    }
-    save_checkpoint(model, run_dir / "checkpoint", files=files, manifest={"world_size": world, "steps": step})
     if rank() == 0:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    ray.train.report({"samples_per_s": summary["train"]["samples_per_s"]})
+    ray.train.report({"samples_per_s": summary["train"]["samples_per_s"] or 0.0})
+
+
+def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> dict | None:
+    """Load a checkpoint's weights (and optimizers and weighting state, where the plan agrees)."""
+    if not init_from:
+        return None
+    from mtl_rec.checkpoint import CheckpointMismatch, load_checkpoint
+    from mtl_rec.distributed import rank
+
+    try:
+        loaded = load_checkpoint(sharded, init_from, current_plan_json=plan_json)
+        optimizers = True
+    except CheckpointMismatch as mismatch:
+        if rank() == 0:
+            print(f"[rank 0] warm start: weights only ({mismatch})", flush=True)
+        loaded = load_checkpoint(sharded, init_from, weights_only=True)
+        optimizers = False
+    if "weighting" in loaded.replicated:
+        weighting.load_state_dict(loaded.replicated["weighting"])
+    return {"from": str(init_from), "optimizers": optimizers, "steps": loaded.manifest.get("step")}
+
+
+def _write_worker_file(run_dir: Path) -> None:
+    """RUN_DIR/workers/rank<R>.json: this process's pid and start time (operators and fault tests)."""
+    from mtl_rec.distributed import rank
+
+    folder = run_dir / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "rank": rank(), "started": time.time()}
+    (folder / f"rank{rank()}.json").write_text(json.dumps(info))
 
 
 @torch.no_grad()  # not inference_mode: gloo collectives fail inside it

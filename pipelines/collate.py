@@ -94,4 +94,5 @@ def collate(table: pa.Table, layout: BatchLayout) -> Batch:
         masks={name: _tensor(table[f"mask.{name}"]) for name in layout.masks},
         ids=_tensor(table["id"], torch.int64),
         meta={name: _tensor(table[f"meta.{name}"]) for name in layout.meta},
+        positions=_tensor(table["pos"], torch.int64) if "pos" in table.column_names else None,
     )

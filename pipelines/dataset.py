@@ -67,13 +67,18 @@ def build_dataset(
     spaces: Mapping[str, SampleSpace],
     data: DataConfig,
     quarantine_dir: str | Path | None = None,
+    position_file: str | Path | None = None,
 ):
-    """A lazy ray.data.Dataset of transformed blocks (columns documented in pipelines.transform)."""
+    """A lazy ray.data.Dataset of transformed blocks (columns documented in pipelines.transform).
+
+    position_file: a data position (mtl_rec.data_position) that read tasks load when they start; the
+    rows it lists are skipped (a resumed run's already-trained rows)."""
     configure_ray_data()
     return read_logs(
         inventory,
         prepare_block,
         data.rows_per_block,
+        position_file=str(position_file) if position_file else None,
         spec=spec,
         stats=stats,
         spaces=dict(spaces),

@@ -20,10 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtl_rec.config import FeatureSpec
+from mtl_rec.data_position import POSITION_COLUMN, DataPosition, contains, encode_positions
 from pipelines.errors import BadInputError
 
 
@@ -80,6 +82,8 @@ def _expected_kind(spec: FeatureSpec) -> dict[str, str]:
     kinds |= {f.column: "int_list" if f.multi_hot else "int" for f in spec.sparse}
     kinds |= {f.column: "number" for f in spec.dense}
     kinds |= {label: "label" for label in spec.labels}
+    if spec.domain_column:  # multi-domain models index per-domain parameters with it
+        kinds[spec.domain_column] = "int"
     return kinds
 
 
@@ -202,14 +206,35 @@ def read_file_blocks(path: str, columns: list[str], rows_per_block: int) -> Iter
         yield pa.Table.from_batches([record_batch])
 
 
-def _read_and_prepare(files: dict, columns, rows_per_block, prepare, prepare_kwargs) -> Iterator[pa.Table]:
-    for path in files["path"]:
+def _read_and_prepare(
+    files: dict, columns, rows_per_block, prepare, prepare_kwargs, position_file=None, all_paths=()
+) -> Iterator[pa.Table]:
+    """One file's blocks, each with its rows' positions (mtl_rec.data_position) in POSITION_COLUMN,
+    minus the rows a saved data position says were already trained on, then `prepare`d."""
+    saved = DataPosition.load(position_file) if position_file else None
+    if saved is not None:
+        saved.check_files(list(all_paths), position_file)
+    for path, file_index in zip(files["path"], files["index"]):
+        offset = 0
         for table in read_file_blocks(str(path), columns, rows_per_block):
+            positions = encode_positions(int(file_index), np.arange(offset, offset + table.num_rows))  # [n]
+            offset += table.num_rows
+            table = table.append_column(POSITION_COLUMN, pa.array(positions, pa.int64()))
+            if saved is not None and saved.consumed.shape[0]:
+                keep = ~contains(saved.consumed, positions)  # [n] bool
+                if not keep.all():
+                    table = table.filter(pa.array(keep))
+                if table.num_rows == 0:
+                    continue
             yield prepare(table, source=str(path), **prepare_kwargs)
 
 
 def read_logs(
-    inventory: LogInventory, prepare: Callable[..., pa.Table], rows_per_block: int = 65536, **kwargs
+    inventory: LogInventory,
+    prepare: Callable[..., pa.Table],
+    rows_per_block: int = 65536,
+    position_file: str | None = None,
+    **kwargs,
 ):
     """A lazy ray.data.Dataset: one task per file, streaming `prepare(table, source=path, **kwargs)` blocks.
 
@@ -219,7 +244,7 @@ def read_logs(
     """
     import ray.data
 
-    files = [{"path": f.path} for f in inventory.files]
+    files = [{"path": f.path, "index": i} for i, f in enumerate(inventory.files)]
     return ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
         _read_and_prepare,
         batch_size=1,
@@ -229,5 +254,7 @@ def read_logs(
             "rows_per_block": rows_per_block,
             "prepare": prepare,
             "prepare_kwargs": kwargs,
+            "position_file": position_file,
+            "all_paths": inventory.paths if position_file else (),
         },
     )

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtl_rec.config import FeatureSpec, FeatureStats, SampleSpace, TableSpec
+from mtl_rec.data_position import POSITION_COLUMN
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -130,6 +131,8 @@ def transform_block(
         columns[f"meta.{column}"] = _flat(table[column])
     for column in (c for c in table.column_names if c.startswith(spec.truth_prefix)):
         columns[f"meta.{column}"] = _flat(table[column]).cast(pa.float32())
+    if POSITION_COLUMN in table.column_names:  # where each row sits in the logs (mtl_rec.data_position)
+        columns["pos"] = _flat(table[POSITION_COLUMN])
     return pa.table(columns)
 
 

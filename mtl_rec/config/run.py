@@ -88,6 +88,12 @@ class TrainConfig:
     max_steps: stop after this many steps (0: no limit; for smoke tests and benchmarks)
     log_every: steps between progress lines / train metrics on rank 0
     cpus_per_worker: logical CPUs each worker reserves; the rest stay for Ray Data's read tasks
+    checkpoint_every: steps between checkpoints (model, optimizers, weighting, data position) that a
+             run resumes from after a worker dies; 0: only the final one
+    max_failures: worker-group failures Ray Train recovers from (FailureConfig) by resuming from the
+             last checkpoint; 0: a failure ends the run
+    audit_ids: keep the request ids each rank trained on in the checkpoint (exactly-once audits;
+             8 bytes a row)
     """
 
     workers: int = 0
@@ -100,6 +106,9 @@ class TrainConfig:
     # benchmark only: each rank first materialises its batches in memory, then the timed loop
     # trains on them (the model-only ceiling of `python -m jobs.bench train`)
     prebuilt_batches: bool = False
+    checkpoint_every: int = 0
+    max_failures: int = 0
+    audit_ids: bool = False
 
 
 @dataclass(frozen=True)
