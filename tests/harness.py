@@ -47,14 +47,7 @@ def run_on_ranks(worker: Callable, *args, world_size: int = 2, timeout_s: float 
     forks each rank from that clean, not-yet-threaded process; two spawned ranks would import them in
     parallel on a 2-core CI box, 3x slower. Fork from pytest itself is unsafe (OpenMP, Ray threads).
     """
-    multiprocessing.get_context("forkserver").set_forkserver_preload(sorted({__name__, worker.__module__}))
-    context = torch.multiprocessing.start_processes(
-        _init_and_run,
-        args=(_free_port(), world_size, worker, args),
-        nprocs=world_size,
-        join=False,
-        start_method="forkserver",
-    )
+    context = start_ranks(worker, *args, world_size=world_size)
     deadline = time.monotonic() + timeout_s
     try:
         while not context.join(timeout=1.0):  # raises ProcessRaisedException if a rank failed
@@ -65,6 +58,19 @@ def run_on_ranks(worker: Callable, *args, world_size: int = 2, timeout_s: float 
             if process.is_alive():
                 process.terminate()
                 process.join()
+
+
+def start_ranks(worker: Callable, *args, world_size: int = 2):
+    """Start worker(rank, *args) on `world_size` gloo ranks and return at once: a ProcessContext whose
+    `.processes` can be watched, joined or killed (see run_on_ranks)."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(sorted({__name__, worker.__module__}))
+    return torch.multiprocessing.start_processes(
+        _init_and_run,
+        args=(_free_port(), world_size, worker, args),
+        nprocs=world_size,
+        join=False,
+        start_method="forkserver",
+    )
 
 
 def run_on_two_ranks(worker: Callable, *args, timeout_s: float = 60.0) -> None:
