@@ -1,6 +1,8 @@
 """`make demo`: generate three days of sample logs, check them through the pipeline, train
 Shared-Bottom, MMoE, PLE and ESMM on two days under Ray Train (2 workers), evaluate each on the
-third, and print their AUCs next to the oracle AUCs.
+third, and print their AUCs next to the oracle AUCs. Then run the daily retraining schedule
+(jobs.daily) on the three days in turn: cold start, then two warm-started, gated days, each with
+its report under OUT/daily/reports/DATE/.
 
     python -m jobs.demo --out demo [--rows-per-day 200000]
 """
@@ -72,9 +74,25 @@ def main(argv=None) -> None:
     (args.out / "models.md").write_text(f"# Models on {train_dates} -> {eval_dates}\n\n{table}\n")
     (args.out / "models.json").write_text(json.dumps(results, indent=2))
     print("\n" + table)
+
+    from jobs.daily import daily
+
+    schedule = load_run_config("jobs/configs/mmoe.yaml", ["data.batch_size=512"])
+    decisions = []
+    for offset in range(3):
+        day = start + dt.timedelta(days=offset)
+        print(f"\n=== daily retraining: {day} ===", flush=True)
+        decisions.append(daily(schedule, day, str(logs), args.out / "daily"))
+    lines = ["| date | decision | reason | trained rows | report |", "| --- | --- | --- | ---: | --- |"]
+    for d in decisions:
+        lines.append(
+            f"| {d['date']} | {d['status']} | {d['reason']} | {d['trained_rows']:,} | {d['report']} |"
+        )
+    (args.out / "daily.md").write_text("# Daily retraining\n\n" + "\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
     print(
         f"\ndemo: logs in {logs}, data report in {args.out / 'data-check'}, runs in {args.out / 'runs'}, "
-        f"table in {args.out / 'models.md'}"
+        f"table in {args.out / 'models.md'}, daily schedule in {args.out / 'daily'} ({args.out / 'daily.md'})"
     )
 
 

@@ -69,12 +69,15 @@ def train(
     spec_overrides: tuple[str, ...] = (),
     address: str | None = None,
     init_from: str | Path | None = None,
+    holdout: float | None = None,
 ) -> dict:
     """Train on `train_dates`, evaluate on `eval_dates`; returns (and writes) RUN_DIR/metrics.json.
 
     A RUN_DIR that already holds a published checkpoint is RESUMED (the same dates and files):
     training continues from its data position, so no row is trained on twice, and a finished run
     goes straight to evaluation. `init_from` (a checkpoint directory) warm-starts a fresh run.
+    `holdout` (a fraction): train on the rows outside a hash hold-out of the request ids
+    (pipelines.split) and evaluate on the rows inside it; the dates may then overlap.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -85,6 +88,7 @@ def train(
     from mtl_rec.train import NoDropDataConfig, WorkerInputs, train_worker
     from pipelines.dataset import build_dataset, compute_stats, layout_for
     from pipelines.read import inspect_logs, parse_dates
+    from pipelines.split import HoldoutSplit
     from pipelines.validate import quarantine_summary
 
     out = out.resolve()
@@ -94,7 +98,7 @@ def train(
     train_inventory = inspect_logs(logs, parse_dates(train_dates), spec, cfg.data.on_bad_files)
     eval_inventory = inspect_logs(logs, parse_dates(eval_dates), spec, cfg.data.on_bad_files)
     overlap = {f.date for f in train_inventory.files} & {f.date for f in eval_inventory.files}
-    if overlap:
+    if overlap and holdout is None:
         raise ValueError(f"train and eval dates overlap: {sorted(str(d) for d in overlap)}")
 
     start_ray(address)
@@ -104,15 +108,35 @@ def train(
         resumed.rename(out / "checkpoint")
     if resumed is not None and (out / "feature_stats.json").is_file():
         stats = FeatureStats.load(out / "feature_stats.json")  # the scaling the checkpoint was trained with
+    elif init_from and (Path(init_from) / "feature_stats.json").is_file():
+        # A warm start keeps the scaling its weights were trained with: new statistics would shift
+        # every dense input under the same weights.
+        stats = FeatureStats.load(Path(init_from) / "feature_stats.json")
+        stats.save(out / "feature_stats.json")
     else:
         stats = compute_stats(train_inventory, spec, cfg.data, quarantine)
         stats.save(out / "feature_stats.json")
     spaces = required_spaces(cfg.tasks, spec)
     datasets = {
         "train": build_dataset(
-            train_inventory, spec, stats, spaces, cfg.data, quarantine, out / "checkpoint" / POSITION_FILE
+            train_inventory,
+            spec,
+            stats,
+            spaces,
+            cfg.data,
+            quarantine,
+            out / "checkpoint" / POSITION_FILE,
+            HoldoutSplit(holdout, "train", spec.id_column) if holdout else None,
         ),
-        "eval": build_dataset(eval_inventory, spec, stats, spaces, cfg.data, quarantine),
+        "eval": build_dataset(
+            eval_inventory,
+            spec,
+            stats,
+            spaces,
+            cfg.data,
+            quarantine,
+            split=HoldoutSplit(holdout, "holdout", spec.id_column) if holdout else None,
+        ),
     }
     layout = layout_for(spec, spaces, eval_inventory)
 
@@ -150,6 +174,7 @@ def train(
     metrics["data"] = {
         "train_dates": train_dates,
         "eval_dates": eval_dates,
+        "holdout": holdout,
         "train_rows_in_files": train_inventory.rows,
         "eval_rows_in_files": eval_inventory.rows,
         "quarantine": quarantine_summary(quarantine, spec.id_column),

@@ -68,17 +68,20 @@ def build_dataset(
     data: DataConfig,
     quarantine_dir: str | Path | None = None,
     position_file: str | Path | None = None,
+    split=None,
 ):
     """A lazy ray.data.Dataset of transformed blocks (columns documented in pipelines.transform).
 
     position_file: a data position (mtl_rec.data_position) that read tasks load when they start; the
-    rows it lists are skipped (a resumed run's already-trained rows)."""
+    rows it lists are skipped (a resumed run's already-trained rows).
+    split: a pipelines.split.HoldoutSplit: keep only one side of the hold-out split."""
     configure_ray_data()
     return read_logs(
         inventory,
         prepare_block,
         data.rows_per_block,
         position_file=str(position_file) if position_file else None,
+        split=split,
         spec=spec,
         stats=stats,
         spaces=dict(spaces),

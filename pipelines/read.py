@@ -207,7 +207,14 @@ def read_file_blocks(path: str, columns: list[str], rows_per_block: int) -> Iter
 
 
 def _read_and_prepare(
-    files: dict, columns, rows_per_block, prepare, prepare_kwargs, position_file=None, all_paths=()
+    files: dict,
+    columns,
+    rows_per_block,
+    prepare,
+    prepare_kwargs,
+    position_file=None,
+    all_paths=(),
+    split=None,
 ) -> Iterator[pa.Table]:
     """One file's blocks, each with its rows' positions (mtl_rec.data_position) in POSITION_COLUMN,
     minus the rows a saved data position says were already trained on, then `prepare`d."""
@@ -220,10 +227,13 @@ def _read_and_prepare(
             positions = encode_positions(int(file_index), np.arange(offset, offset + table.num_rows))  # [n]
             offset += table.num_rows
             table = table.append_column(POSITION_COLUMN, pa.array(positions, pa.int64()))
+            keep = np.ones(table.num_rows, dtype=bool)  # [n]
             if saved is not None and saved.consumed.shape[0]:
-                keep = ~contains(saved.consumed, positions)  # [n] bool
-                if not keep.all():
-                    table = table.filter(pa.array(keep))
+                keep &= ~contains(saved.consumed, positions)  # already trained on
+            if split is not None:
+                keep &= split.keep(table)  # this side of the hold-out split (pipelines.split)
+            if not keep.all():
+                table = table.filter(pa.array(keep))
                 if table.num_rows == 0:
                     continue
             yield prepare(table, source=str(path), **prepare_kwargs)
@@ -234,6 +244,7 @@ def read_logs(
     prepare: Callable[..., pa.Table],
     rows_per_block: int = 65536,
     position_file: str | None = None,
+    split=None,
     **kwargs,
 ):
     """A lazy ray.data.Dataset: one task per file, streaming `prepare(table, source=path, **kwargs)` blocks.
@@ -256,5 +267,6 @@ def read_logs(
             "prepare_kwargs": kwargs,
             "position_file": position_file,
             "all_paths": inventory.paths if position_file else (),
+            "split": split,
         },
     )
