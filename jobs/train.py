@@ -140,10 +140,10 @@ def train(
     }
     layout = layout_for(spec, spaces, eval_inventory)
 
-    import torch
-
-    use_gpu = torch.cuda.is_available()
-    workers = cfg.train.workers or (torch.cuda.device_count() if use_gpu else 2)
+    # The cluster's GPUs, not the driver's: under KubeRay the head (and the job's driver) has none.
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus > 0
+    workers = cfg.train.workers or (gpus if use_gpu else 2)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=WorkerInputs(
