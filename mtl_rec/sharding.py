@@ -32,6 +32,7 @@ from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.comm_ops import set_gradient_division
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingPlan
 
@@ -149,7 +150,13 @@ def shard_model(
     # (GRADIENT_DIVISION, to mimic DDP's mean); our losses are already normalised by the global count,
     # so row gradients must be SUMMED over ranks, like the dense ones (see mtl_rec.distributed).
     set_gradient_division(False)
-    dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+    # static_graph=False: with DDP's static-graph mode (TorchRec's default) the gradient-based weighting
+    # methods' torch.autograd.grad calls leave the step's dense gradients un-reduced across ranks (the
+    # ranks' dense weights then drift apart); the dynamic reducer sums them every step.
+    wrapper = DefaultDataParallelWrapper(static_graph=False)
+    dmp = DistributedModelParallel(
+        model, device=device, plan=plan, sharders=sharders, data_parallel_wrapper=wrapper
+    )
     # Every DDP inside DMP sums gradients: the one over the dense layers and the ones TorchRec puts
     # around data-parallel table lookups (which would otherwise average them; see mtl_rec.distributed).
     for ddp in _ddp_modules(dmp):
