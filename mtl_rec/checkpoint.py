@@ -139,16 +139,14 @@ def published_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
-def _sharding_types(plan_json: str) -> dict[str, str]:
-    return {table: entry["sharding_type"] for table, entry in json.loads(plan_json).items()}
-
-
 def check_plan(path: Path, current_plan_json: str | None) -> list[str]:
     """Tables whose sharding type differs between the checkpoint's plan.json and the current plan."""
+    from mtl_rec.sharding import plan_types
+
     saved = path / "plan.json"
     if current_plan_json is None or not saved.is_file():
         return []
-    before, now = _sharding_types(saved.read_text()), _sharding_types(current_plan_json)
+    before, now = plan_types(saved.read_text()), plan_types(current_plan_json)
     return [
         f"{table}: {before.get(table, 'absent')} -> {now.get(table, 'absent')}"
         for table in sorted(set(before) | set(now))

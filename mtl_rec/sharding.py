@@ -79,12 +79,12 @@ class ShardedModel:
 
 
 def _constraints(
-    cfg: ShardingConfig, tables: list[str], device: torch.device
+    cfg: ShardingConfig, tables: list[str], device: torch.device, pinned: dict[str, str] | None = None
 ) -> dict[str, ParameterConstraints]:
     default = cfg.allowed or (CPU_SHARDING_TYPES if device.type == "cpu" else ())
     constraints = {}
     for table in tables:
-        allowed = cfg.tables.get(table, default)
+        allowed = [pinned[table]] if pinned and table in pinned else cfg.tables.get(table, default)
         if device.type == "cpu" and any(t in ("row_wise", "table_row_wise") for t in allowed):
             raise ValueError(f"sharding: table {table!r} allows row-wise sharding, which fails on CPU + gloo")
         if allowed:
@@ -127,10 +127,17 @@ def _ddp_modules(dmp: nn.Module) -> list[nn.parallel.DistributedDataParallel]:
 
 
 def shard_model(
-    model: nn.Module, cfg: RunConfig, device: torch.device, extra_dense_params: list[nn.Parameter] = ()
+    model: nn.Module,
+    cfg: RunConfig,
+    device: torch.device,
+    extra_dense_params: list[nn.Parameter] = (),
+    pinned_types: dict[str, str] | None = None,
 ) -> ShardedModel:
     """Plan (collectively), shard and wrap `model` (a MultiTaskModel with its tables on meta).
-    `extra_dense_params` (e.g. learnable loss weights) join the dense optimizer."""
+    `extra_dense_params` (e.g. learnable loss weights) join the dense optimizer. `pinned_types`
+    ({table: sharding type}, e.g. a checkpoint's plan_types) fixes those tables' types: the planner's
+    choice among allowed types depends on measured memory, so the same config can plan differently
+    from run to run, and a resumed or warm-started run must keep its checkpoint's types."""
     sparse = cfg.optim.sparse
     fused_params = {"optimizer": FUSED_OPTIMIZERS[sparse.name], "learning_rate": sparse.lr}
     if sparse.name != "sgd":
@@ -140,7 +147,7 @@ def shard_model(
     world = world_size()
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, local_world_size=world, compute_device=device.type),
-        constraints=_constraints(cfg.sharding, tables, device),
+        constraints=_constraints(cfg.sharding, tables, device, pinned_types),
     )
     if dist.is_initialized():
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
@@ -192,6 +199,11 @@ def plan_summary(plan: ShardingPlan) -> dict:
                 "shards": shards,
             }
     return summary
+
+
+def plan_types(plan_json: str) -> dict[str, str]:
+    """{table: sharding type} of a plan_to_json text (a checkpoint's plan.json)."""
+    return {table: entry["sharding_type"] for table, entry in json.loads(plan_json).items()}
 
 
 def plan_to_json(plan: ShardingPlan) -> str:

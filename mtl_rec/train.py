@@ -126,7 +126,11 @@ def train_worker(inputs: WorkerInputs) -> None:
     )
     weighting = build_weighting(cfg.weighting, cfg.tasks, inputs.label_priors).to(device)
     sharded = shard_model(
-        MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, device, list(weighting.parameters())
+        MultiTaskModel(spec, cfg.model, cfg.tasks),
+        cfg,
+        device,
+        list(weighting.parameters()),
+        pinned_types=_checkpoint_plan_types(run_dir, inputs.init_from),
     )
     model = sharded.model
     if weighting.requires_shared:  # gradient methods measure the per-task gradients on the backbone
@@ -250,6 +254,18 @@ def train_worker(inputs: WorkerInputs) -> None:
     if rank() == 0:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     ray.train.report({"samples_per_s": summary["train"]["samples_per_s"] or 0.0})
+
+
+def _checkpoint_plan_types(run_dir: Path, init_from: str | None) -> dict[str, str] | None:
+    """The sharding types of the checkpoint this run will load (its own, to resume, else the warm
+    start's), so its optimizer state fits; None for a cold start."""
+    from mtl_rec.checkpoint import published_checkpoint
+    from mtl_rec.sharding import plan_types
+
+    source = published_checkpoint(run_dir / "checkpoint") or (Path(init_from) if init_from else None)
+    if source is None or not (source / "plan.json").is_file():
+        return None
+    return plan_types((source / "plan.json").read_text())
 
 
 def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> dict | None:

@@ -19,9 +19,15 @@ after which cos(g_i', g_j) = phi_hat_ij exactly. One target per task pair over t
 vector (the paper also has per-layer targets). phi_hat starts at 0 and is a checkpointed buffer.
 
 Neither is a reweighting: the step backpropagates sum_k c_k L_k once (embeddings and towers get
-their usual gradient), then `after_backward()` overwrites the shared parameters' .grad (already
-summed over ranks by DDP) with G computed from the global task gradients c_k G_k: identical on every
-rank. The random task order comes from a generator seeded with (seed, step), the same on every rank.
+their usual gradient), then `after_backward()` replaces the task part of the shared parameters' .grad
+(already summed over ranks by DDP) with G computed from the global task gradients c_k G_k:
+
+    grad <- grad + (G - sum_k c_k G_k)
+
+so whatever else the backward put there (a backbone's auxiliary losses: SNR's L0 penalty, ESCM2's
+counterfactual risk) is kept, not silently dropped. grad (DDP-summed) and G, G_k (from all-reduced
+gradients) are identical on every rank, so the result is too. The random task order comes from a
+generator seeded with (seed, step), the same on every rank.
 
 Example::
 
@@ -46,12 +52,13 @@ from mtl_rec.weighting.gradient import ZERO_NORM, GradientWeighting
 
 
 class SurgeryWeighting(GradientWeighting):
-    """Backpropagates sum_k c_k L_k; `after_backward` replaces the shared gradients with
-    `surgery(c_k G_k [K, P], step) -> [P]`."""
+    """Backpropagates sum_k c_k L_k; `after_backward` replaces that sum's part of the shared gradients
+    with `surgery(c_k G_k [K, P], step) -> [P]`, keeping any other (auxiliary) part."""
 
     def __init__(self, tasks: Sequence[TaskConfig], config, label_priors=None) -> None:
         super().__init__(tasks, config)
-        self.shared_grad: Tensor | None = None  # [P] float64, set by combine, applied by after_backward
+        # [P] float64, G - sum_k c_k G_k: set by combine, added to the shared .grad by after_backward
+        self.shared_grad_change: Tensor | None = None
 
     def surgery(self, grads: Tensor, step: int) -> Tensor:
         raise NotImplementedError
@@ -65,23 +72,26 @@ class SurgeryWeighting(GradientWeighting):
     def combine(self, losses: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
         self.check_losses(losses)
         grads = self.global_task_gradients(losses) * self.static_weights[:, None]  # [K, P] c_k G_k
-        self.shared_grad = self.surgery(grads, step)  # [P]
+        # The backward of sum_k c_k L_k puts sum_k c_k G_k on the shared parameters; only that part is
+        # swapped for the surgered G, so auxiliary terms in the same backward keep their gradient.
+        self.shared_grad_change = self.surgery(grads, step) - grads.sum(dim=0)  # [P] - [K, P].sum -> [P]
         return self.reweighted(losses, torch.ones(len(self.task_names), dtype=torch.float64))
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        if self.shared_grad is None:
+        if self.shared_grad_change is None:
             return
         offset = 0
         for i in self.used:
             param = self.shared[i]
-            value = self.shared_grad[offset : offset + param.numel()].view_as(param).to(param.dtype)
+            change = self.shared_grad_change[offset : offset + param.numel()].view_as(param)  # [*param]
+            change = change.to(param.device, param.dtype)
             offset += param.numel()
-            if param.grad is None:
-                param.grad = value.to(param.device).clone()
+            if param.grad is None:  # nothing reached it in the backward: its plain task part is 0 too
+                param.grad = change.clone()
             else:
-                param.grad.copy_(value)
-        self.shared_grad = None
+                param.grad.add_(change)  # (task sum + auxiliary) - task sum + G
+        self.shared_grad_change = None
 
 
 @dataclass(frozen=True)

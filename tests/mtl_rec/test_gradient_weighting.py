@@ -93,6 +93,29 @@ def test_gradvac_raises_the_cosine_to_its_ema_target():
     np.testing.assert_allclose(grad, [2.0, 1.0], atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("method", "surgered"),
+    [("pcgrad", [0.5, 1.5]), ("gradvac", [1.0 + 0.5 / math.sqrt(0.75), 0.5 / math.sqrt(0.75) + 1.0])],
+)
+def test_surgery_keeps_the_auxiliary_gradient_of_the_shared_parameters(method, surgered):
+    """A backbone's auxiliary loss (SNR's L0 penalty, ESCM2's regulariser) reaches the shared parameters
+    in the same backward as the task losses: surgery replaces only the task part of their gradient."""
+    weighting = build(method)
+    if method == "gradvac":
+        weighting.targets.fill_(0.5)
+    grads = [[1.0, 0.0], [-1.0, 1.0]] if method == "pcgrad" else [[1.0, 0.0], [0.0, 1.0]]
+    losses, theta = linear_losses(weighting, grads)
+    aux_gradient = torch.tensor([0.25, -2.0], dtype=torch.float64)  # d aux / d theta, no task involved
+    total, _ = weighting.combine(losses, 0)
+    (total + aux_gradient @ theta).backward()
+    weighting.after_backward()
+    # the surgered task gradient of the cases above, plus the auxiliary gradient untouched
+    np.testing.assert_allclose(theta.grad.numpy(), np.array(surgered) + aux_gradient.numpy(), atol=1e-12)
+    assert weighting.shared_grad_change is None  # applied once; a second call is a no-op
+    weighting.after_backward()
+    np.testing.assert_allclose(theta.grad.numpy(), np.array(surgered) + aux_gradient.numpy(), atol=1e-12)
+
+
 # --------------------------------------------------------------------------------- MGDA, PE-LTR
 
 

@@ -1,0 +1,323 @@
+"""Score a run's checkpoint on days of logs: the training pipeline, Ray Train, every row to Parquet.
+
+A run directory is read back as RunArtifacts: the resolved config and feature statistics saved with
+its checkpoint, the checkpoint's world size, and the table shapes stored in the checkpoint itself:
+a run trained with `--spec-set tables.X.num_embeddings=N` records N only there (the ids must be
+hashed into the same rows, so the spec is resized to match), and a table the spec file gained since
+the run trained is dropped with its features (the model is rebuilt as it was trained).
+
+The days then go through the same Ray Data chain as training (pipelines.dataset.build_dataset with
+the run's own statistics and the sample-space masks of its metrics), one dataset per day, split
+across a TorchTrainer of the checkpoint's world size with mtl_rec.train.NoDropDataConfig
+(equal=False: no row lost). Each worker shards the model with the checkpoint's sharding types (plan.json), loads the checkpoint, and walks its shard in lockstep with padding
+batches under torch.no_grad.
+
+Per row it writes id, group key, slice value, labels, masks, truth columns and one prediction per
+evaluation target to SCORES/<key>/<day>/bucket-<b>/rank-<r>.parquet, a row group per batch: worker memory
+is one batch, whatever the day's size. The bucket is splitmix64(group key) % buckets, so every
+group's rows (over all days) land in the same bucket: GAUC is then computed bucket by bucket.
+
+Example::
+
+    >>> run = load_run(Path("runs/mmoe"), slice_column="device")
+    >>> score_run(run, inventories, Path("out/scores"), buckets=1, slice_column="device")
+    PosixPath('out/scores/3f2a9c0d1e4b5a67')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mtl_rec.config.features import FeatureSpec, TableSpec, load_feature_spec
+from mtl_rec.config.loader import ConfigError, from_dict
+from mtl_rec.config.run import RunConfig
+from mtl_rec.config.stats import FeatureStats
+from mtl_rec.metrics import EvalTarget, eval_targets
+
+SCORED = "SCORED.json"  # written last: the scores in its directory are complete
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """A trained run directory, read back for scoring."""
+
+    path: Path
+    cfg: RunConfig
+    spec: FeatureSpec  # the run's spec, tables sized as in its checkpoint, slice column carried in meta
+    stats: FeatureStats
+    world_size: int
+    history: tuple[dict, ...]  # metrics.json train.history (loss and weights per logged step)
+    spec_changes: dict  # {"resized": {table: [rows, dim]}, "dropped": [tables]}: the spec made to fit
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def targets(self) -> tuple[EvalTarget, ...]:
+        return tuple(eval_targets(self.cfg.tasks, self.spec))
+
+    def describe(self) -> dict:
+        metrics = _read_json(self.path / "metrics.json")
+        return {
+            "dir": str(self.path),
+            "arch": self.cfg.model.arch,
+            "tasks": [t.name for t in self.cfg.tasks],
+            "weighting": self.cfg.weighting.method,
+            "world_size": self.world_size,
+            "steps": metrics.get("train", {}).get("steps"),
+            "train_dates": metrics.get("data", {}).get("train_dates"),
+            "train_rows": metrics.get("train", {}).get("rows"),
+            "spec_changes": self.spec_changes,
+        }
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def checkpoint_table_shapes(checkpoint: Path) -> dict[str, list[int]]:
+    """{table: [rows, dim]} of every embedding table in a DCP checkpoint (metadata only, no weights)."""
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(str(checkpoint / "model")).read_metadata()
+    shapes = {}
+    for key, item in metadata.state_dict_metadata.items():
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[-3] == "embedding_bags" and parts[-1] == "weight":
+            shapes[parts[-2]] = list(item.size)
+    return shapes
+
+
+def _spec_of_checkpoint(spec: FeatureSpec, checkpoint: Path) -> tuple[FeatureSpec, dict]:
+    """The spec with its tables as the checkpoint stores them: sizes from the checkpoint (spec overrides
+    at training time), and tables the spec gained since (with their features) dropped. Returns the spec
+    and {"resized": {table: [rows, dim]}, "dropped": [tables]}."""
+    shapes = checkpoint_table_shapes(checkpoint)
+    unknown = sorted(set(shapes) - set(spec.tables))
+    if unknown:
+        raise ConfigError(
+            f"{checkpoint}: tables {unknown} are not in the feature spec ({sorted(spec.tables)})"
+        )
+    tables: dict[str, TableSpec] = {}
+    resized = {}
+    for name, table in spec.tables.items():
+        if name not in shapes:
+            continue
+        rows, dim = shapes[name]
+        if (table.num_embeddings, table.dim) != (rows, dim):
+            resized[name] = [rows, dim]
+        tables[name] = dataclasses.replace(table, num_embeddings=rows, dim=dim)
+    dropped = sorted(set(spec.tables) - set(tables))
+    sparse = tuple(f for f in spec.sparse if f.table in tables)
+    return dataclasses.replace(spec, tables=tables, sparse=sparse), {"resized": resized, "dropped": dropped}
+
+
+def load_run(run_dir: Path, slice_column: str | None = None) -> RunArtifacts:
+    """Read RUN_DIR (config, statistics, manifest, table shapes) into RunArtifacts; clear errors."""
+    run_dir = Path(run_dir).resolve()
+    checkpoint = run_dir / "checkpoint"
+    manifest_path = checkpoint / "MANIFEST.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no complete checkpoint ({manifest_path} missing); not a `python -m jobs.train` run?"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    config_path = checkpoint / "config.yaml"
+    try:
+        cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text()))
+    except ConfigError as e:
+        raise ConfigError(f"{config_path}: {e}") from e
+    spec, resized = _spec_of_checkpoint(load_feature_spec(cfg.features), checkpoint)
+    meta = spec.meta_columns
+    if slice_column and slice_column not in (*meta, spec.group_key, spec.time_column):
+        meta = (*meta, slice_column)
+    spec = dataclasses.replace(spec, meta_columns=meta)
+    history = _read_json(run_dir / "metrics.json").get("train", {}).get("history", [])
+    return RunArtifacts(
+        path=run_dir,
+        cfg=cfg,
+        spec=spec,
+        stats=FeatureStats.load(checkpoint / "feature_stats.json"),
+        world_size=int(manifest.get("world_size", 1)),
+        history=tuple(history),
+        spec_changes=resized,
+    )
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What every scoring worker gets (picklable, sent once)."""
+
+    run: RunArtifacts
+    layout: object  # pipelines.collate.BatchLayout
+    days: tuple[str, ...]
+    out_dir: str
+    buckets: int
+    slice_column: str | None
+
+
+def _batch_columns(batch, outputs, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+    """One real batch -> {column: [B] numpy} (see module doc for the columns)."""
+    spec = inputs.run.spec
+    cpu = lambda t: t.detach().to("cpu").numpy()  # noqa: E731  [B] tensor -> [B] numpy
+    columns = {"id": cpu(batch.ids), "group": cpu(batch.meta[spec.group_key]).astype(np.int64)}
+    if inputs.slice_column:
+        columns["slice"] = cpu(batch.meta[inputs.slice_column]).astype(np.int64)
+    for label, values in batch.labels.items():
+        columns[f"label.{label}"] = cpu(values).astype(np.int8)
+    for space, mask in batch.masks.items():
+        columns[f"mask.{space}"] = cpu(mask)
+    for target in inputs.run.targets:
+        columns[f"pred.{target.name}"] = cpu(target.predictions(outputs).float())
+        if target.oracle_column and target.oracle_column in batch.meta:
+            columns[f"truth.{target.oracle_column}"] = cpu(batch.meta[target.oracle_column].float())
+    return columns
+
+
+class _BucketWriters:
+    """One ParquetWriter per group bucket, opened on first rows: OUT/<day>/bucket-<b>/rank-<r>.parquet."""
+
+    def __init__(self, day_dir: Path, rank: int, buckets: int) -> None:
+        self.day_dir, self.rank, self.buckets = day_dir, rank, buckets
+        self.writers: dict[int, object] = {}
+        self.rows = 0
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from pipelines.transform import splitmix64
+
+        bucket = (splitmix64(columns["group"].view(np.uint64)) % np.uint64(self.buckets)).astype(np.int64)
+        for b in np.unique(bucket).tolist():
+            rows = bucket == b  # [B] bool
+            table = pa.table({name: values[rows] for name, values in columns.items()})
+            if b not in self.writers:
+                path = self.day_dir / f"bucket-{b:04d}" / f"rank-{self.rank:04d}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.writers[b] = pq.ParquetWriter(str(path), table.schema)
+            self.writers[b].write_table(table)
+        self.rows += len(bucket)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def score_worker(inputs: ScoreInputs) -> None:
+    """Ray Train's train_loop_per_worker: load the checkpoint, score every row of every day."""
+    import ray.train
+    import torch
+
+    from mtl_rec.checkpoint import load_checkpoint
+    from mtl_rec.distributed import rank, world_size
+    from mtl_rec.models.model import MultiTaskModel
+    from mtl_rec.sharding import plan_types, shard_model
+    from mtl_rec.train import lockstep, padding_batch
+    from pipelines.dataset import iter_batches
+
+    run, layout = inputs.run, inputs.layout
+    cfg = run.cfg
+    torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world_size(), 1)))
+    device = torch.device(
+        f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
+    )
+    pinned = (
+        plan_types((run.checkpoint / "plan.json").read_text())
+        if (run.checkpoint / "plan.json").is_file()
+        else None
+    )
+    sharded = shard_model(MultiTaskModel(run.spec, cfg.model, cfg.tasks), cfg, device, pinned_types=pinned)
+    load_checkpoint(sharded.model, run.checkpoint, weights_only=True)  # DCP reshards if the plan moved tables
+    model = sharded.model
+    model.eval()
+    padding = padding_batch(layout, run.spec).to(device)
+    rows = {}
+    with torch.no_grad():  # not inference_mode: gloo collectives fail inside it
+        for day in inputs.days:
+            writers = _BucketWriters(Path(inputs.out_dir) / day, rank(), inputs.buckets)
+            shard = ray.train.get_dataset_shard(day)
+            batches = iter_batches(shard, layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
+            for batch, real, _ in lockstep(batches, padding):
+                batch = batch.to(device, non_blocking=True) if real else batch
+                outputs = model(batch)  # every rank runs the forward: DMP's all-to-alls need all ranks
+                if real:
+                    writers.write(_batch_columns(batch, outputs, inputs))
+            writers.close()
+            rows[day] = writers.rows
+    ray.train.report({"rows": sum(rows.values())})
+
+
+def score_key(
+    run: RunArtifacts, inventories: dict, buckets: int, slice_column: str | None, split=None
+) -> str:
+    """What a model's scores depend on, hashed: checkpoint (path and manifest), files and their rows,
+    buckets, slice column. Equal keys: the scores on disk can be reused."""
+    identity = {
+        "checkpoint": str(run.checkpoint),
+        "manifest": (run.checkpoint / "MANIFEST.json").read_text(),
+        "files": {day: [[f.path, f.rows] for f in inv.files] for day, inv in inventories.items()},
+        "buckets": buckets,
+        "slice_column": slice_column,
+        "split": None if split is None else [split.fraction, split.part, split.column],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def score_run(
+    run: RunArtifacts,
+    inventories: dict,
+    scores_root: Path,
+    buckets: int,
+    slice_column: str | None,
+    split=None,
+) -> Path:
+    """Score every day of `inventories` ({day: LogInventory}) with the run's checkpoint (see module doc)
+    into SCORES_ROOT/<score_key>/, unless a finished scoring (SCORED.json) is already there. Returns
+    that directory; its quarantine/ holds rows validation set aside. `split` (pipelines.split.HoldoutSplit):
+    score only that side of the hold-out."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from mtl_rec.metrics import required_spaces
+    from mtl_rec.train import NoDropDataConfig
+    from pipelines.dataset import build_dataset, layout_for
+
+    out_dir = scores_root / score_key(run, inventories, buckets, slice_column, split)
+    if (out_dir / SCORED).is_file():
+        return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted scoring
+    quarantine_dir = out_dir / "quarantine"
+    spaces = required_spaces(run.cfg.tasks, run.spec)
+    datasets = {
+        day: build_dataset(inventory, run.spec, run.stats, spaces, run.cfg.data, quarantine_dir, split=split)
+        for day, inventory in inventories.items()
+    }
+    layout = layout_for(run.spec, spaces, next(iter(inventories.values())))
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0  # the cluster's, not the driver's
+    trainer = TorchTrainer(
+        score_worker,
+        train_loop_config=ScoreInputs(run, layout, tuple(inventories), str(out_dir), buckets, slice_column),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.world_size,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": run.cfg.train.cpus_per_worker},
+        ),
+        datasets=datasets,
+        dataset_config=NoDropDataConfig(),
+        run_config=ray.train.RunConfig(name="score", storage_path=str(scores_root / "ray")),
+    )
+    trainer.fit()
+    (out_dir / SCORED).write_text(json.dumps({"run": str(run.path), "days": list(inventories)}))
+    return out_dir
