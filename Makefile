@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 DEMO   ?= demo
 export FBGEMM_TBE_BOUNDS_CHECK_MODE ?= 0
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup browser demo test test-fast bench lint clean
 
 setup:
 	@bash infra/setup-venv.sh
@@ -12,7 +12,13 @@ setup:
 demo: setup
 	$(PY) -m jobs.demo --out $(DEMO)
 
-test: setup
+# Headless Chromium for tests/jobs/test_report_html.py: Debian's package, installed once (root in CI, sudo elsewhere).
+browser:
+	@[ -x /usr/bin/chromium ] || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: setup browser
 	$(PY) -m pytest -q
 
 test-fast: setup
