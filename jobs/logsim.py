@@ -19,6 +19,14 @@ sits in parts seen in many rows; per-id parts are small and partly exposed by th
 features (noisy estimates of the entity's propensities) and the ``recent_*`` lists (drawn from the
 user's favourite categories, which follow the user's latent vector).
 
+Domain. Every impression comes from one of the app's scenes (home feed, search, item page, ...): the
+``domain`` column, drawn with ``domain_shares``. A domain shifts the click affinity A by
+``domain_click_shift`` plus a domain x category effect, and the purchase affinity below by
+``domain_buy_shift`` plus another domain x category effect (std ``domain_interaction_scale``): the same
+item is liked differently in each scene, the multi-domain setting of STAR. The domain is drawn from
+a stream spawned from the rows' own, and its effects from a stream of their own, so the other columns
+are the same whatever the domain knobs say.
+
 Post-click stages (cart | click, conversion | cart). ``c`` = standardised A; ``o_s`` = standardised
 own affinity of stage s, built from what the click does not use (per-id purchase bias and quality,
 price relative to its category times the user's price sensitivity, rating, reviews, shop rating,
@@ -50,7 +58,7 @@ import numpy as np
 if TYPE_CHECKING:
     from jobs.make_logs import GeneratorConfig
 
-_WORLD, _COHORT, _FILE, _CALIBRATION = range(4)  # spawn keys of the random streams
+_WORLD, _COHORT, _FILE, _CALIBRATION, _DOMAIN = range(5)  # spawn keys of the random streams
 SECONDS_PER_DAY = 86_400
 # Relative traffic per hour (UTC): quiet at night, evening peak. Shapes ts within a day.
 HOURLY_TRAFFIC = (2.0, 1.2, 0.8, 0.6, 0.5, 0.6, 1.0, 1.8, 2.6, 3.0, 3.2, 3.4,
@@ -107,6 +115,7 @@ class World:
         self.config = cfg = config
         rng = rng_for(cfg.seed, _WORLD)
         self.effects = e = _build_effects(cfg, rng)
+        e |= _domain_effects(cfg, rng_for(cfg.seed, _DOMAIN))
         self.vocab = {"user": cfg.user_vocab, "item": cfg.item_vocab}
         self.cohort_size = {"user": cfg.new_users_per_day, "item": cfg.new_items_per_day}
         self.new_rate = {"user": cfg.new_user_rate, "item": cfg.new_item_rate}
@@ -222,6 +231,8 @@ class World:
         discount = np.floor(rng.beta(1.5, 6.0, n) * 20) / 20  # 5% steps, so always < 1
         discount = np.where(rng.random(n) < 0.5, 0.0, discount).astype(np.float32)
         pool = e["category_pool"]
+        # A child stream: drawing the domain leaves every other draw of the rows' stream unchanged.
+        domain = draw(np.cumsum(cfg.domain_shares), rng.spawn(1)[0], n)
         popular = lambda size: pool[rng.integers(0, len(pool), size)].astype(np.int64)
         empty_rate = np.where(new_user, 0.6, cfg.empty_recent_rate)  # new users have little history
         lists = {
@@ -243,6 +254,7 @@ class World:
             + e["category_click"][i["category"]] + e["brand_click"][i["brand"]] + e["shop_click"][i["shop"]]
             + u["click_bias"] + i["click_quality"]
             + np.einsum("nk,nk->n", u["click_latent"], i["click_latent"])
+            + e["domain_click"][domain, i["category"]]
         )  # fmt: skip
         rated = i["review_count"] > 0
         buy = (
@@ -250,6 +262,7 @@ class World:
             + e["occupation_buy"][u["occupation"]] + e["category_buy"][i["category"]]
             + np.einsum("nk,nk->n", u["buy_latent"], i["buy_latent"]) + 0.06 * np.log1p(i["review_count"])
             + np.where(rated, 0.3 * (i["item_rating"] - 4.0), 0.0) + 0.6 * (i["shop_rating"] - 4.5)
+            + e["domain_buy"][domain, i["category"]]
         )  # fmt: skip
         # Expensive-for-its-category hurts purchases, less so for high-level users.
         price_term = -0.6 * i["relative_log_price"] * (1.3 - u["user_level"] / 9.0)
@@ -258,7 +271,7 @@ class World:
             **{name: u[name] for name in ("age_bucket", "gender", "city", "user_level", "occupation")},
             **{name: i[name] for name in ("category", "brand", "shop", "price_level")},
             "hour": hour, "weekday": weekday, "device": device, "os": os_, "network": network,
-            "slot_position": slot, "page": page, "price": i["price"], "discount": discount,
+            "slot_position": slot, "page": page, "domain": domain, "price": i["price"], "discount": discount,
             "item_hist_ctr": i["hist_ctr"], "item_hist_cvr": i["hist_cvr"],
             "user_hist_ctr": u["hist_ctr"], "user_hist_cvr": u["hist_cvr"],
             "user_active_days": u["active_days"], "item_age_days": i["age_days"],
@@ -325,6 +338,18 @@ def _build_effects(cfg: GeneratorConfig, rng: np.random.Generator) -> Table:
     # A large Zipf sample to pick categories from uniformly: far faster than searchsorted for millions.
     e["category_pool"] = draw(e["category_cdf"], rng, 1 << 20).astype(np.int32)
     return e
+
+
+def _domain_effects(cfg: GeneratorConfig, rng: np.random.Generator) -> Table:
+    """[num_domains, num_categories] click and purchase logit effects: a shift per domain plus noise."""
+    size = (len(cfg.domain_shares), cfg.num_categories)
+    return {
+        f"domain_{stage}": np.asarray(shift, dtype=np.float64)[:, None] + rng.normal(0.0, scale, size)
+        for stage, shift, scale in (
+            ("click", cfg.domain_click_shift, cfg.domain_interaction_scale),
+            ("buy", cfg.domain_buy_shift, cfg.domain_interaction_scale),
+        )
+    }
 
 
 def _hist_rates(rng, cfg: GeneratorConfig, past_impressions: np.ndarray, p_click, p_buy):

@@ -103,6 +103,16 @@ class GeneratorConfig:
     """Weight (>= 0) of the standardised click affinity added to the post-click logits."""
     post_click_scale: float = 0.6
     """Logit std of the post-click affinities before selection_bias; their AUCs grow with it."""
+    domain_shares: tuple[float, ...] = (0.6, 0.3, 0.1)
+    """Traffic share of each domain (the app's scenes, e.g. home feed, search, item page); the
+    ``domain`` column holds 0..len - 1. The shares sum to 1."""
+    domain_click_shift: tuple[float, ...] = (0.0, 0.6, -0.5)
+    """Click-logit shift of each domain (before the intercept is solved: the mean rate stays click_rate)."""
+    domain_buy_shift: tuple[float, ...] = (0.0, 0.5, -0.4)
+    """Shift of each domain's purchase affinity (cart and conversion, before standardisation)."""
+    domain_interaction_scale: float = 0.3
+    """Std of the domain x category effects on the click and purchase logits (0: domains differ by a
+    shift only)."""
     favourite_categories: int = 4
     """Favourite categories per user: the best of 8 popular candidates under the user's latent."""
     recent_from_favourites: float = 0.7
@@ -139,11 +149,21 @@ class GeneratorConfig:
             raise ValueError("rows_per_file, row_group_size and the cohort sizes must be positive")
         if self.num_categories > self.num_brands or not 1 <= self.favourite_categories <= 8:
             raise ValueError("need num_categories <= num_brands and 1 <= favourite_categories <= 8")
+        domains = len(self.domain_shares)
+        if min(self.domain_shares, default=0.0) <= 0 or abs(sum(self.domain_shares) - 1.0) > 1e-6:
+            raise ValueError(f"domain_shares must be positive and sum to 1, got {self.domain_shares}")
+        if not len(self.domain_click_shift) == len(self.domain_buy_shift) == domains:
+            raise ValueError(
+                f"domain_click_shift and domain_buy_shift need one value per domain ({domains}), got "
+                f"{self.domain_click_shift} and {self.domain_buy_shift}"
+            )
+        if self.domain_interaction_scale < 0:
+            raise ValueError(f"domain_interaction_scale must be >= 0, got {self.domain_interaction_scale}")
 
 
 _INT = ("request_id", "ts", "user_id", "item_id", "age_bucket", "gender", "city", "user_level", "occupation",
         "category", "brand", "shop", "price_level", "hour", "weekday", "device", "os", "network",
-        "slot_position", "page")  # fmt: skip
+        "slot_position", "page", "domain")  # fmt: skip
 _LISTS = ("recent_categories", "recent_brands")
 _DENSE = ("price", "discount", "item_hist_ctr", "item_hist_cvr", "user_hist_ctr", "user_hist_cvr",
           "user_active_days", "item_age_days", "item_review_count", "item_rating", "shop_rating",

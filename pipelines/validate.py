@@ -82,6 +82,10 @@ def _row_checks(table: pa.Table, spec: FeatureSpec):
         yield f"{feature.column}: null, NaN or inf", _null(column) | ~np.isfinite(values)
         if feature.transform == "log1p":
             yield f"{feature.column}: negative value (log1p transform needs >= 0)", values < 0
+    if spec.domain_column:
+        domains = _np(table[spec.domain_column], -1)  # [B]; an integer column (read.py), nulls as -1
+        bad = (domains < 0) | (domains >= spec.num_domains)  # [B] bool
+        yield f"{spec.domain_column}: domain null or not in [0, {spec.num_domains})", bad
     labels = {}
     for label in spec.labels:
         column = table[label]

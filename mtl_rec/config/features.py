@@ -95,9 +95,25 @@ class FeatureSpec:
     mask_prefix: str = "_mask_"
     meta_columns: tuple[str, ...] = field(default=())  # extra columns carried for reports (slices)
     oracle: tuple[OracleSpec, ...] = ()  # truth column per (label, sample space), where the logs have one
+    # Multi-domain logs (STAR): the integer column naming each row's domain, in [0, num_domains). It is
+    # carried into Batch.meta like a meta column (added to meta_columns); it may also be a sparse feature.
+    domain_column: str = ""
+    num_domains: int = 0
 
     def __post_init__(self) -> None:
         problems = []
+        if self.domain_column:
+            why = self._why_not_a_feature(self.domain_column)
+            if why:
+                problems.append(f"domain_column {self.domain_column!r} is {why}")
+            if self.num_domains < 1:
+                problems.append(
+                    f"domain_column {self.domain_column!r} needs num_domains >= 1, got {self.num_domains}"
+                )
+            if self.domain_column not in self.meta_columns:
+                object.__setattr__(self, "meta_columns", (*self.meta_columns, self.domain_column))
+        elif self.num_domains:
+            problems.append(f"num_domains={self.num_domains} without a domain_column")
         names = [f.name for f in self.sparse] + [f.name for f in self.dense]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -36,12 +36,18 @@ from typing import Any
 from torch import nn
 
 from mtl_rec.config.model import ModelConfig
+from mtl_rec.models.aitm import AITM, AITMConfig
+from mtl_rec.models.asymmetric import Asymmetric, AsymmetricConfig
 from mtl_rec.models.cgc import CGC, CGCConfig
+from mtl_rec.models.cross_stitch import CrossStitch, CrossStitchConfig
+from mtl_rec.models.escm2 import ESCM2, ESCM2Config
 from mtl_rec.models.heads import TaskHeads, TaskOutputs, entire_space, log1mexp
 from mtl_rec.models.mmoe import MMoE, MMoEConfig
 from mtl_rec.models.omoe import OMoE, OMoEConfig
 from mtl_rec.models.ple import PLE, PLEConfig
 from mtl_rec.models.shared_bottom import SharedBottom, SharedBottomConfig
+from mtl_rec.models.snr import SNR, SNRConfig
+from mtl_rec.models.star import STAR, STARConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "shared_bottom": (SharedBottom, SharedBottomConfig),
@@ -49,6 +55,12 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "mmoe": (MMoE, MMoEConfig),
     "cgc": (CGC, CGCConfig),
     "ple": (PLE, PLEConfig),
+    "cross_stitch": (CrossStitch, CrossStitchConfig),
+    "asymmetric": (Asymmetric, AsymmetricConfig),
+    "star": (STAR, STARConfig),
+    "snr": (SNR, SNRConfig),
+    "aitm": (AITM, AITMConfig),
+    "escm2": (ESCM2, ESCM2Config),
 }
 
 
@@ -68,11 +80,23 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AITM",
+    "AITMConfig",
+    "ESCM2",
+    "ESCM2Config",
+    "SNR",
+    "SNRConfig",
+    "Asymmetric",
+    "AsymmetricConfig",
     "CGC",
+    "CrossStitch",
+    "CrossStitchConfig",
+    "STARConfig",
     "MODELS",
     "MMoE",
     "OMoE",
     "PLE",
+    "STAR",
     "CGCConfig",
     "MMoEConfig",
     "MultiTaskModel",

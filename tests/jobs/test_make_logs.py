@@ -254,3 +254,47 @@ def test_cli_writes_and_reports(tmp_path, capsys):
 def test_config_rejects_bad_knobs(knobs):
     with pytest.raises(ValueError):
         GeneratorConfig(**knobs)
+
+
+def test_domain_column_has_its_shares_and_its_own_click_rate(both):
+    domain = column(both, "domain")
+    assert domain.min() == 0 and domain.max() == len(CONFIG.domain_shares) - 1
+    shares = np.bincount(domain, minlength=3) / len(domain)
+    np.testing.assert_allclose(shares, CONFIG.domain_shares, atol=0.01)  # 40k rows: std of a share < 0.003
+    p_click = column(both, "_truth_p_click")
+    rates = [float(p_click[domain == d].mean()) for d in range(3)]  # shifts 0, +0.6, -0.5 on the logit
+    assert rates[1] > 1.3 * rates[0] and rates[0] > 1.3 * rates[2], rates
+    click = column(both, "click")
+    assert click[domain == 1].mean() > click[domain == 0].mean() > click[domain == 2].mean()
+
+
+def test_domain_knobs_change_the_labels_and_nothing_else(tmp_path):
+    flat = {"domain_click_shift": (0.0, 0.0, 0.0), "domain_buy_shift": (0.0, 0.0, 0.0)}
+    tables = {}
+    for name, knobs in (("default", {}), ("flat", {**flat, "domain_interaction_scale": 0.0})):
+        generate_logs(tmp_path / name, START, 1, 20_000, replace(SMALL, **knobs), workers=1, verbose=False)
+        tables[name] = read_day(tmp_path / name, START)
+    outcome = {"click", "cart", "conversion"} | {f.name for f in SCHEMA if f.name.startswith("_truth_")}
+    features = [name for name in SCHEMA.names if name not in outcome]
+    assert "domain" in features
+    assert tables["default"].select(features).equals(tables["flat"].select(features))
+    assert not np.array_equal(
+        column(tables["default"], "_truth_p_click"), column(tables["flat"], "_truth_p_click")
+    )
+    domain, p_click = column(tables["flat"], "domain"), column(tables["flat"], "_truth_p_click")
+    rates = [p_click[domain == d].mean() for d in range(3)]  # no domain effect: the scenes look alike
+    assert max(rates) < 1.1 * min(rates), rates
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"domain_shares": (0.5, 0.4)},
+        {"domain_shares": (0.7, 0.4, -0.1)},
+        {"domain_click_shift": (0.0, 1.0)},
+        {"domain_interaction_scale": -0.1},
+    ],
+)
+def test_config_rejects_bad_domain_knobs(knobs):
+    with pytest.raises(ValueError, match="domain"):
+        GeneratorConfig(**knobs)

@@ -18,7 +18,7 @@ SPEC = "jobs/configs/features.yaml"
 
 def test_default_spec_loads_with_shared_tables():
     spec = load_feature_spec(SPEC)
-    assert len(spec.sparse) == 20 and spec.num_dense == 13
+    assert len(spec.sparse) == 21 and spec.num_dense == 13
     tables = {f.name: f.table for f in spec.sparse}
     assert tables["recent_categories"] == tables["category"] == "category"
     assert spec.tables["shop"].num_embeddings > 100_000
