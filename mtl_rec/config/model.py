@@ -16,7 +16,7 @@ Example::
     (['ctr', 'ctcvr'], (64,))
     >>> from_dict(ModelConfig, {"arch": "mmmoe"})
     Traceback (most recent call last):
-    ConfigError: unknown model arch 'mmmoe'; registered: shared_bottom, omoe, mmoe, cgc, ple
+    ConfigError: unknown model arch 'mmmoe'; registered: shared_bottom, omoe, mmoe, cgc, ple, cross_stitch ...
 """
 
 from __future__ import annotations
