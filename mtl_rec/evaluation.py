@@ -48,7 +48,8 @@ def metric_value(value: float | None, n: int, reason: str = "") -> dict:
     return {"value": float(value), "n": int(n)}
 
 
-def _positive(labels: np.ndarray) -> np.ndarray:
+def binary_labels(labels: np.ndarray) -> np.ndarray:
+    """[N] labels -> [N] bool positives; anything other than 0 and 1 is an error."""
     labels = np.asarray(labels).ravel()
     positive = labels == 1  # [N] bool
     if not np.all(positive | (labels == 0)):
@@ -90,7 +91,7 @@ class ScoreHistogram:
     def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
         """Add [N] scores in [0, 1] with [N] labels in {0, 1}."""
         keys = radix_keys(scores)  # [N]
-        positive = _positive(labels)  # [N]
+        positive = binary_labels(labels)  # [N]
         if keys.shape != positive.shape:
             raise ValueError(f"scores and labels differ in length: {keys.shape} vs {positive.shape}")
         self.rows += np.bincount(keys, minlength=RADIX_BINS)  # [N] -> [K]
@@ -179,7 +180,7 @@ def streaming_auc(
                 twice_u += _twice_u_from_counts(low_pos, low_neg)
             else:
                 scores, labels = rows_in_keys(lo, hi)
-                twice_u += _twice_u_rows(np.asarray(scores, np.float32), _positive(labels))
+                twice_u += _twice_u_rows(np.asarray(scores, np.float32), binary_labels(labels))
         neg_below += run_neg
     return twice_u / (2 * positives * negatives)
 
@@ -193,7 +194,7 @@ def low_bits_histogram(chunks, key: int) -> tuple[np.ndarray, np.ndarray]:
         inside = radix_keys(scores) == key  # [n] bool
         low = _low_keys(np.asarray(scores)[inside])  # [m]
         total += np.bincount(low, minlength=RADIX_BINS)
-        pos += np.bincount(low[_positive(np.asarray(labels)[inside])], minlength=RADIX_BINS)
+        pos += np.bincount(low[binary_labels(np.asarray(labels)[inside])], minlength=RADIX_BINS)
     return pos, total - pos
 
 
@@ -310,7 +311,7 @@ def _fields(stats: GaucStats) -> tuple:
 
 def group_auc_stats(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> GaucStats:
     """Per-group exact AUC (ties 1/2) over rows holding WHOLE groups, vectorised: one lexsort."""
-    positive = _positive(labels)  # [N]
+    positive = binary_labels(labels)  # [N]
     groups = np.asarray(groups).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if not groups.size:
@@ -378,7 +379,7 @@ def paired_bootstrap_auc_delta(
     interval. Returns {"low", "high", "delta", "level", "replicates", "rows", "population_rows"}, or
     {"reason"} when a class is missing.
     """
-    positive = _positive(labels)  # [n]
+    positive = binary_labels(labels)  # [n]
     n = positive.size
     population_rows = population_rows or n
     if positive.all() or not positive.any():

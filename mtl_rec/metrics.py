@@ -39,6 +39,7 @@ from mtl_rec.config.features import FeatureSpec
 from mtl_rec.config.model import TaskConfig, validate_tasks
 from mtl_rec.config.spaces import SampleSpace, space_key
 from mtl_rec.distributed import all_reduce_max, gather_concat
+from mtl_rec.evaluation import binary_labels
 from mtl_rec.models.heads import TaskOutputs
 
 
@@ -118,15 +119,6 @@ def required_spaces(tasks: Sequence[TaskConfig], spec: FeatureSpec) -> dict[str,
     return {key: SampleSpace.parse(key, spec.labels) for key in dict.fromkeys(keys)}
 
 
-def _binary_labels(labels: np.ndarray) -> np.ndarray:
-    """[N] labels -> [N] bool positives; anything other than 0 and 1 is an error."""
-    labels = np.asarray(labels).ravel()
-    positive = labels == 1  # [N] bool
-    if not np.all(positive | (labels == 0)):
-        raise ValueError(f"labels must be 0 or 1, got values {np.unique(labels)[:10].tolist()}")
-    return positive
-
-
 def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC by Mann-Whitney U with average ranks for ties; None if only one class (or no row).
 
@@ -134,7 +126,7 @@ def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     Equal to sklearn.metrics.roc_auc_score (a tie counts 1/2), in O(N log N). The rank sum is kept
     as an exact int64 of doubled ranks, so the only rounding is the final division.
     """
-    positive = _binary_labels(labels)  # [N] bool
+    positive = binary_labels(labels)  # [N] bool
     scores = np.asarray(scores, dtype=np.float64).ravel()  # [N]
     if scores.shape != positive.shape:
         raise ValueError(f"labels and scores differ in length: {positive.shape} vs {scores.shape}")
@@ -169,7 +161,7 @@ def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
     so float64 inputs agree with sklearn to rounding and float32 inputs to ~1e-7 relative.
     Unlike sklearn, a single class is fine. ValueError on no rows or p outside [0, 1].
     """
-    positive = _binary_labels(labels)  # [N] bool
+    positive = binary_labels(labels)  # [N] bool
     probs = np.asarray(probs).ravel()  # [N]
     if probs.shape != positive.shape or probs.size == 0:
         raise ValueError(
