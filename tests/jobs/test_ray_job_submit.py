@@ -119,5 +119,10 @@ def test_daily_submitted_as_a_ray_job(ray_head, generated_logs, tmp_path):
     promoted = json.loads((root / "promoted.json").read_text())
     assert promoted["date"] == "2026-11-18" and Path(promoted["checkpoint"], "MANIFEST.json").is_file()
     report = json.loads((root / "reports" / "2026-11-18" / "report.json").read_text())
-    assert report["tasks"]  # scored on the held-out rows
+    assert report["data"]["holdout"] == 0.2 and set(report["metrics"]) >= {"ctr", "cvr"}
+    day = report["data"]["by_day"]["2026-11-18"]
+    assert (
+        day["rows_scored"] == day["rows_expected"]
+        and 0.15 < day["rows_expected"] / day["rows_in_files"] < 0.25
+    )
     assert (root / "decisions" / "2026-11-18.json").is_file()
