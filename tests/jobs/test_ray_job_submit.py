@@ -50,6 +50,11 @@ def ray_head(tmp_path_factory):
             "--node-ip-address=127.0.0.1", f"--port={port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
             f"--num-cpus={2 * (os.cpu_count() or 1)}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            # Not the default ports: this session's own local Ray (tests' ray_local) holds them, and a
+            # head whose dashboard agent cannot bind never accepts a job ("No available agent").
+            f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
         ],
         env=env,
         start_new_session=True,
