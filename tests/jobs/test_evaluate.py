@@ -58,6 +58,7 @@ def test_every_row_is_scored_once_by_both_models(evaluated):
         in_files = sum(pq.read_metadata(f).num_rows for f in files)
         assert report["data"]["by_day"][day] == {
             "rows_in_files": in_files,
+            "rows_expected": in_files,  # no hold-out split: every row
             "rows_scored": in_files,
             "rows_quarantined": 0,
         }
