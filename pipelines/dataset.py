@@ -60,6 +60,23 @@ def compute_stats(
     return reduce_moments(rows, spec, dates=sorted({f.date.isoformat() for f in inventory.files}))
 
 
+def read_task_cap(data: DataConfig) -> int | None:
+    """How many read tasks a dataset may run at once: data.read_tasks, or for 0 (auto) one per node
+    of a cluster without GPUs and no cap where there are GPUs or Ray is not started yet.
+
+    Why a cap on CPU: trainers hold every core, and each concurrent read task starts a worker
+    process (a second of imports) and reads ahead in a burst, taking CPU from the trainers for no
+    gain in supply (docs/benchmarks.md: ~10% end to end on 2 cores, reference MMoE).
+    """
+    if data.read_tasks:
+        return data.read_tasks
+    import ray
+
+    if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) > 0:
+        return None
+    return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+
+
 def build_dataset(
     inventory: LogInventory,
     spec: FeatureSpec,
@@ -82,6 +99,7 @@ def build_dataset(
         data.rows_per_block,
         position_file=str(position_file) if position_file else None,
         split=split,
+        max_tasks=read_task_cap(data),
         spec=spec,
         stats=stats,
         spaces=dict(spaces),
@@ -112,3 +130,46 @@ def iter_batches(
     with surface_bad_input():
         for table in tables:
             yield collate(table, layout)
+
+
+def start_early(batches: Iterator) -> Iterator:
+    """Start pulling the first batch of `batches` now, in a background thread; iterate the result later.
+
+    The first batch of a Ray Train shard waits for seconds of start-up: Ray Train creates the
+    split's coordinator actor on the first get_dataset_shard, the coordinator starts the read tasks
+    on the first request, and their worker processes may have to be started. A worker that calls
+    this before building its model overlaps that wait with the model's construction and sharding.
+    The thread only runs Ray calls (no torch collectives), and the iterator is never used from two
+    threads at once: the caller's first next() joins the thread. An error is raised there.
+
+    Example::
+
+        >>> batches = start_early(iter_batches(ray.train.get_dataset_shard("train"), layout, 4096))
+        >>> model = shard_model(...)            # meanwhile the first batch is read
+        >>> for batch in batches: ...
+    """
+    import threading
+
+    first: list = []
+    error: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            first.append(next(batches))
+        except StopIteration:
+            pass
+        except BaseException as e:  # re-raised in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=pull, name="first-batch", daemon=True)
+    thread.start()
+
+    def resume() -> Iterator:
+        thread.join()
+        if error:
+            raise error[0]
+        if first:
+            yield first.pop()
+            yield from batches
+
+    return resume()

@@ -245,6 +245,7 @@ def read_logs(
     rows_per_block: int = 65536,
     position_file: str | None = None,
     split=None,
+    max_tasks: int | None = None,
     **kwargs,
 ):
     """A lazy ray.data.Dataset: one task per file, streaming `prepare(table, source=path, **kwargs)` blocks.
@@ -252,6 +253,7 @@ def read_logs(
     We read files ourselves rather than with ray.data.read_parquet: Ray 2.60 packs a small day into a
     single read task and block, which leaves one of two cores idle and lets one training worker take
     every block. A task per file, yielding row-group-sized blocks, keeps both busy and streams.
+    max_tasks caps the read tasks running at once (None: as many as the free logical CPUs allow).
     """
     import ray.data
 
@@ -269,4 +271,5 @@ def read_logs(
             "all_paths": inventory.paths if position_file else (),
             "split": split,
         },
+        compute=ray.data.TaskPoolStrategy(size=max_tasks),
     )

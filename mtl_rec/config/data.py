@@ -23,6 +23,10 @@ class DataConfig:
     prefetch_batches: int = 2
     # rows per streamed block (one Parquet row-group read); blocks are the unit the split hands out
     rows_per_block: int = 65536
+    # read tasks of a training or evaluation dataset running at once. 0 (auto): one per node on a
+    # cluster without GPUs, where trainers hold every core and a read task outpaces a CPU trainer
+    # ~40x (each extra one only starts a worker process that competes with them); no cap with GPUs
+    read_tasks: int = 0
     # keep Ray Data's block order (preserve_order): with one worker the run is then reproducible;
     # costs some throughput, since a slow block holds back the ones behind it
     deterministic: bool = False

@@ -1,0 +1,16 @@
+"""Benchmarks: `python -m jobs.bench [loader|flops|train|growth|weighting|all] --out FILE.json`.
+
+loader     rows/s from Parquet to Batch through Ray Data's streaming_split (2 consumer actors, as
+           Ray Train's workers consume it), next to pyarrow alone and to one process without Ray
+flops      the reference model's dense FLOPs per sample (counted, forward + backward), the machine's
+           matmul rate, and the dense-FLOP floor: matmul FLOP/s / FLOPs per sample
+train      the reference MMoE trained by `jobs.train` on one generated day: end-to-end samples/s next
+           to the model-only ceiling (batches pre-built in memory) and the dense-FLOP floor, peak
+           memory per worker
+growth     how training time grows with rows (x1, x2, x4), table sizes (x2, x4) and workers (2 vs 1)
+weighting  per-step time of every loss-weighting method relative to fixed weights
+
+`all` runs them in that order and ends with one summary table (jobs.bench.report) against the
+goals. Speed lives here, never in timed tests. Figures go to docs/benchmarks.md with the machine
+and the command; `--quick` is a small smoke run of the same code (its figures mean nothing).
+"""

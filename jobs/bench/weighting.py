@@ -1,0 +1,117 @@
+"""Loss-weighting benchmark: per-step time of every method relative to fixed weights.
+
+The reference MMoE (3 tasks) sharded by DMP on one gloo rank (fused table optimizer inside
+backward), the same pre-built batches of day(0) for every method; median of `--weighting-steps`
+steps after `--weighting-warmup` warm-up steps.
+
+Example::
+
+    python -m jobs.bench weighting --out docs/bench-weighting.json
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from jobs.bench.common import day
+
+
+def _init_single_rank() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29561")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def _batches(cfg, spec, cache: str) -> list:
+    """Full batches of cfg.data.batch_size from the first file of day(0), validated and transformed."""
+    import pyarrow.parquet as pq
+
+    from mtl_rec.metrics import required_spaces
+    from pipelines.collate import collate
+    from pipelines.dataset import layout_for
+    from pipelines.prepare import prepare_block
+    from pipelines.read import inspect_logs
+    from pipelines.transform import block_moments, reduce_moments
+
+    inventory = inspect_logs(f"{cache}/logs", [day(0)], spec)
+    table = pq.read_table(inventory.paths[0], columns=inventory.columns)
+    stats = reduce_moments([block_moments(table, spec).to_pylist()[0]], spec)
+    spaces = required_spaces(cfg.tasks, spec)
+    prepared = prepare_block(table, inventory.paths[0], spec, stats, spaces, "error", None)
+    layout = layout_for(spec, spaces, inventory)
+    size = cfg.data.batch_size
+    batches = [collate(prepared.slice(i, size), layout) for i in range(0, prepared.num_rows, size)]
+    return [b for b in batches if b.batch_size == size]
+
+
+def bench_weighting(args) -> dict:
+    import torch
+
+    from mtl_rec.config.run import load_run_config
+    from mtl_rec.losses import task_losses
+    from mtl_rec.models.model import MultiTaskModel
+    from mtl_rec.sharding import shard_model
+    from mtl_rec.weighting import METHODS, build_weighting
+
+    _init_single_rank()
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_run_config(args.train_config, [f"data.batch_size={args.weighting_batch_size}"])
+    spec = cfg.feature_spec()
+    batches = _batches(cfg, spec, args.cache)
+    priors = {t.name: 0.1 for t in cfg.tasks}
+    results = {}
+    for method in METHODS:
+        torch.manual_seed(0)
+        weighting = build_weighting(
+            load_run_config(args.train_config, [f"weighting.method={method}"]).weighting, cfg.tasks, priors
+        )
+        sharded = shard_model(
+            MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, torch.device("cpu"), list(weighting.parameters())
+        )
+        if weighting.requires_shared:
+            weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
+        times = []
+        for step in range(args.weighting_warmup + args.weighting_steps):
+            batch = batches[step % len(batches)]
+            begin = time.perf_counter()
+            total, _ = weighting.combine(task_losses(sharded.model(batch), batch, cfg.tasks).losses, step)
+            sharded.zero_grad()
+            total.backward()
+            weighting.after_backward()
+            weighting.sync_gradients()
+            sharded.step()
+            times.append(time.perf_counter() - begin)
+        step_ms = 1000 * float(np.median(times[args.weighting_warmup :]))
+        results[method] = {"step_ms": step_ms, "kind": "gradient" if weighting.requires_shared else "loss"}
+    fixed = results["fixed"]["step_ms"]
+    for r in results.values():
+        r["relative_to_fixed"] = r["step_ms"] / fixed
+    return {
+        "config": args.train_config,
+        "tasks": len(cfg.tasks),
+        "batch_size": cfg.data.batch_size,
+        "steps": args.weighting_steps,
+        "methods": results,
+    }
+
+
+# Per-step cost goals relative to fixed weights.
+GOALS = {"loss": 1.3, "gradient": 2.0}
+
+
+def print_weighting(result: dict) -> None:
+    print(
+        f"\nweighting: {result['config']}, {result['tasks']} tasks, batch {result['batch_size']}, "
+        f"median of {result['steps']} steps"
+    )
+    for method, r in result["methods"].items():
+        print(
+            f"  {method:18s} {r['step_ms']:8.1f} ms/step  {r['relative_to_fixed']:5.2f}x fixed  "
+            f"(goal <= {GOALS[r['kind']]}x, {r['kind']}-based)"
+        )
