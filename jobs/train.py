@@ -39,7 +39,12 @@ def start_ray(address: str | None) -> None:
     else:
         # Twice the cores as logical CPUs: train workers reserve cpus_per_worker each and Ray Data's
         # read tasks need room beside them (they are mostly waiting on memory, not computing).
-        ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
+        ray.init(
+            address="local",  # a new local Ray, never one that `ray start` left on this machine
+            num_cpus=2 * (os.cpu_count() or 1),
+            include_dashboard=False,
+            configure_logging=False,
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
