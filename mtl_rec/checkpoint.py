@@ -42,7 +42,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
-from mtl_rec.distributed import is_distributed, rank
+from mtl_rec.distributed import barrier, is_distributed, rank
 
 MANIFEST = "MANIFEST.json"
 REPLICATED = "replicated.pt"
@@ -57,11 +57,6 @@ class LoadedCheckpoint:
     manifest: dict
     replicated: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-
-
-def _barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def _broadcast_token() -> str:
@@ -106,7 +101,7 @@ def save_checkpoint(
     if fused is not None:
         state["fused_optimizer"] = fused
     dcp.save(state, checkpoint_id=str(staging / "model"))
-    _barrier()
+    barrier()
     if rank() == 0:
         objects = dict(replicated or {})
         if sharded is not None:
@@ -125,7 +120,7 @@ def save_checkpoint(
             path.rename(previous)
         staging.rename(path)
         shutil.rmtree(previous, ignore_errors=True)
-    _barrier()
+    barrier()
     return path
 
 

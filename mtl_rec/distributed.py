@@ -32,6 +32,12 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def barrier() -> None:
+    """dist.barrier() where a process group exists; a no-op in a single process."""
+    if is_distributed():
+        dist.barrier()
+
+
 def collective_device() -> torch.device:
     """Where collective buffers must live: the current GPU under NCCL, else the CPU (gloo)."""
     if is_distributed() and dist.get_backend() == "nccl":

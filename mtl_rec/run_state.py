@@ -17,16 +17,14 @@ Example::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mtl_rec.checkpoint import LoadedCheckpoint, load_checkpoint, published_checkpoint, save_checkpoint
 from mtl_rec.data_position import POSITION_FILE, DataPosition, merge_intervals, overlap_rows, to_intervals
-from mtl_rec.distributed import gather_concat, is_distributed, rank
+from mtl_rec.distributed import barrier, gather_concat, rank
 
 
 @dataclass
@@ -66,10 +64,10 @@ class RunProgress:
         if found is None:
             return progress
         if found.name != "checkpoint":  # a crash between publish's renames: put it back where read tasks look
-            _barrier()
+            barrier()
             if rank() == 0:
                 found.rename(run_dir / "checkpoint")
-            _barrier()
+            barrier()
             found = run_dir / "checkpoint"
         loaded = load_checkpoint(target, found, current_plan_json=plan_json)
         progress.restore(loaded, weighting, files)
@@ -129,11 +127,3 @@ class RunProgress:
         files = {**files, POSITION_FILE: self.position.to_json()}
         manifest = {**manifest, "step": self.position.step, "epoch": self.position.epoch}
         save_checkpoint(target, path, files=files, manifest=manifest, replicated=replicated)
-
-    def summary(self) -> dict:
-        return json.loads(self.position.to_json()) | {"consumed": None, "resumed_from": self.resumed_from}
-
-
-def _barrier() -> None:
-    if is_distributed():
-        torch.distributed.barrier()
