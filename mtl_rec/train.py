@@ -115,11 +115,18 @@ def train_worker(inputs: WorkerInputs) -> None:
     from mtl_rec.run_state import RunProgress
     from mtl_rec.sharding import plan_to_json, shard_model
     from mtl_rec.weighting import build_weighting
-    from pipelines.dataset import iter_batches
+    from pipelines.dataset import iter_batches, start_early
 
     cfg, spec, run_dir = inputs.run, inputs.spec, Path(inputs.run_dir)
     world = world_size()
     torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world, 1)))
+
+    def epoch_batches():  # the read tasks skip the rows that the published checkpoint covers
+        shard = ray.train.get_dataset_shard("train")
+        return iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches)
+
+    # The shard's start-up (split coordinator, read tasks) overlaps building and sharding the model.
+    first_epoch = None if cfg.train.prebuilt_batches else start_early(epoch_batches())
     torch.manual_seed(cfg.train.seed)  # the same initial dense weights on every rank
     device = torch.device(
         f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
@@ -167,15 +174,15 @@ def train_worker(inputs: WorkerInputs) -> None:
     model.train()
     prebuilt = None
     if cfg.train.prebuilt_batches:
-        shard = ray.train.get_dataset_shard("train")
-        prebuilt = list(iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches))
+        prebuilt = list(epoch_batches())
         start = time.perf_counter()
     every = cfg.train.checkpoint_every
     stop = lambda: cfg.train.max_steps and run.step >= cfg.train.max_steps  # noqa: E731
     while not run.done and not stop():
-        if prebuilt is None:
-            shard = ray.train.get_dataset_shard("train")  # the read tasks skip rows the position covers
-            batches = iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches)
+        if first_epoch is not None:
+            batches, first_epoch = first_epoch, None
+        elif prebuilt is None:
+            batches = epoch_batches()
         else:
             batches = iter(prebuilt)
         for batch, real, global_rows in lockstep(batches, padding):

@@ -25,6 +25,7 @@ QUICK = {
     "train_batch_size": 1024,
     "weighting_batch_size": 1024,
     "repeat": 1,
+    "train_repeat": 1,
     "weighting_steps": 2,
     "weighting_warmup": 1,
     "growth_rows": [1, 2],
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=2, help="loader runs (the best is kept)")
     parser.add_argument("--train-config", default="jobs/configs/mmoe.yaml")
     parser.add_argument("--train-batch-size", type=int, default=4096, help="per worker")
+    parser.add_argument(
+        "--train-repeat", type=int, default=3, help="alternating end-to-end and ceiling runs (best kept)"
+    )
     parser.add_argument("--growth-rows", type=_ints, default=[1, 2, 4], help="rows factors, e.g. 1,2,4")
     parser.add_argument("--growth-tables", type=_ints, default=[2, 4], help="table-size factors, e.g. 2,4")
     parser.add_argument("--growth-workers", type=_ints, default=[1], help="worker counts beside 2, e.g. 1")

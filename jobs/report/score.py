@@ -9,8 +9,9 @@ the run trained is dropped with its features (the model is rebuilt as it was tra
 The days then go through the same Ray Data chain as training (pipelines.dataset.build_dataset with
 the run's own statistics and the sample-space masks of its metrics), one dataset per day, split
 across a TorchTrainer of the checkpoint's world size with mtl_rec.train.NoDropDataConfig
-(equal=False: no row lost). Each worker shards the model with the checkpoint's sharding types (plan.json), loads the checkpoint, and walks its shard in lockstep with padding
-batches under torch.no_grad.
+(equal=False: no row lost). Each worker shards the model with the checkpoint's sharding types
+(plan.json), loads the checkpoint, and walks its shard in lockstep with padding batches under
+torch.no_grad.
 
 Per row it writes id, group key, slice value, labels, masks, truth columns and one prediction per
 evaluation target to SCORES/<key>/<day>/bucket-<b>/rank-<r>.parquet, a row group per batch: worker memory
