@@ -14,14 +14,14 @@ Per target, over its sample space (an ESMM chain also over impressions): exact A
 spec's group key (mean, impression-weighted, positive-weighted), logloss, normalised entropy,
 calibration ratio and ECE with a reliability diagram, rows and positives, the oracle AUC and the gap
 to it; per day and per value of the slice column (top-k by volume); with --baseline, every metric's
-delta and a paired bootstrap CI of the AUC deltas. --gate X exits 1 when a task's AUC (all days)
+delta and a paired user-bootstrap CI of the AUC deltas. --gate X exits 1 when a task's AUC (all days)
 falls more than X below the baseline's.
 
 Every row of the chosen days is scored (the split drops none; rows scored + quarantined must equal
 the rows in the files, or the job fails). Memory stays bounded when a day does not fit in one
 process: workers stream batches and append each to Parquet; the driver then computes every metric
 from those narrow columns in passes of at most --memory-rows rows (exact AUC by radix histogram plus
-bounded gathers; GAUC one group-hash bucket at a time; the bootstrap on a hash sample), see
+bounded gathers; GAUC one group-hash bucket at a time; the bootstrap on a user hash sample), see
 mtl_rec/evaluation.py and jobs/report/.
 
 Without --address it starts a local Ray; with one, or under `ray job submit` (RAY_ADDRESS), it joins

@@ -1,5 +1,5 @@
 """Offline-report metrics beyond mtl_rec.metrics: GAUC, normalised entropy, calibration and ECE,
-an exact AUC in bounded memory, and a paired bootstrap of AUC deltas. Pure numpy, no torch.
+and an exact AUC in bounded memory (the bootstrap of AUC deltas: mtl_rec.bootstrap). Pure numpy.
 
 Bounded memory. Every function here reads its rows as chunks (re-iterable sources), so a day that
 does not fit in one process is scored in passes over narrow per-row columns, never loaded whole:
@@ -343,67 +343,3 @@ def group_auc_stats(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) 
         positives_weighted=float(np.dot(auc, pos[both])),
         positives_in_scored=int(pos[both].sum()),
     )
-
-
-class _WeightedAuc:
-    """AUC of fixed rows under per-row integer weights (bootstrap counts); sorts once, O(N) per call."""
-
-    def __init__(self, scores: np.ndarray, positive: np.ndarray) -> None:
-        self.order = np.argsort(scores, kind="stable")  # [N]
-        sorted_scores = scores[self.order]
-        self.starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # [G]
-        self.positive = positive[self.order].astype(np.float64)  # [N]
-
-    def __call__(self, weights: np.ndarray) -> float:
-        w = weights[self.order].astype(np.float64)  # [N]
-        pos = np.add.reduceat(w * self.positive, self.starts)  # [N] -> [G]
-        neg = np.add.reduceat(w, self.starts) - pos  # [G]
-        return float(np.sum(pos * (2 * (np.cumsum(neg) - neg) + neg)) / (2 * pos.sum() * neg.sum()))
-
-
-def paired_bootstrap_auc_delta(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    baseline_scores: np.ndarray,
-    replicates: int = 200,
-    level: float = 0.95,
-    seed: int = 0,
-    population_rows: int | None = None,
-) -> dict:
-    """Confidence interval of AUC(scores) - AUC(baseline_scores), resampling rows (pairs kept together).
-
-    With population_rows = N > n (the rows given are a uniform sample of N), the interval is the
-    m-out-of-n bootstrap's: delta_sample + sqrt(n / N) * quantiles(delta* - delta_sample), which for
-    an asymptotically normal statistic like AUC estimates the full-data interval around the full
-    delta; the caller re-centres it on the exact full-data delta. With N = n it is the percentile
-    interval. Returns {"low", "high", "delta", "level", "replicates", "rows", "population_rows"}, or
-    {"reason"} when a class is missing.
-    """
-    positive = binary_labels(labels)  # [n]
-    n = positive.size
-    population_rows = population_rows or n
-    if positive.all() or not positive.any():
-        return {"low": None, "high": None, "reason": "one class only", "rows": int(n)}
-    model = _WeightedAuc(np.asarray(scores, np.float64), positive)
-    baseline = _WeightedAuc(np.asarray(baseline_scores, np.float64), positive)
-    ones = np.ones(n)
-    delta = model(ones) - baseline(ones)
-    rng = np.random.default_rng(seed)
-    deltas = []
-    for _ in range(replicates):
-        weights = np.bincount(rng.integers(0, n, n), minlength=n)  # [n] multinomial resample counts
-        if not (weights * positive).any() or not (weights * ~positive).any():
-            continue
-        deltas.append(model(weights) - baseline(weights))
-    spread = (np.asarray(deltas) - delta) * np.sqrt(n / population_rows)  # [R]
-    tail = (1 - level) / 2
-    low, high = np.quantile(spread, [tail, 1 - tail])
-    return {
-        "low": float(delta + low),
-        "high": float(delta + high),
-        "delta": float(delta),
-        "level": level,
-        "replicates": len(deltas),
-        "rows": int(n),
-        "population_rows": int(population_rows),
-    }

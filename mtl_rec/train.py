@@ -140,10 +140,10 @@ def train_worker(inputs: WorkerInputs) -> None:
         pinned_types=_checkpoint_plan_types(run_dir, inputs.init_from),
     )
     model = sharded.model
-    if weighting.requires_shared:  # gradient methods measure the per-task gradients on the backbone
-        weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
     padding = padding_batch(inputs.layout, spec).to(device)
     aux_spaces = sharded.module.auxiliary_spaces()
+    if weighting.requires_shared:  # gradient methods measure the per-task gradients on the backbone
+        weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone), bool(aux_spaces))
     plan_json = plan_to_json(sharded.plan)
     _write_worker_file(run_dir)
     if rank() == 0:
@@ -195,7 +195,8 @@ def train_worker(inputs: WorkerInputs) -> None:
                 total = total + torch.stack(list(aux.values())).sum()
             sharded.zero_grad()
             total.backward()  # the fused table optimizer runs in here
-            weighting.after_backward()  # surgery methods replace the (summed) shared gradients
+            # surgery methods replace the (summed) shared gradients; their weights are those it got
+            weights = weighting.after_backward() or weights
             weighting.sync_gradients()  # learnable loss weights live outside DDP
             sharded.step()
             if real:

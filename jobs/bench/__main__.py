@@ -28,6 +28,7 @@ QUICK = {
     "train_repeat": 1,
     "weighting_steps": 2,
     "weighting_warmup": 1,
+    "weighting_rounds": 1,
     "growth_rows": [1, 2],
     "growth_tables": [2],
     "growth_workers": [1],
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weighting-batch-size", type=int, default=4096)
     parser.add_argument("--weighting-steps", type=int, default=20)
     parser.add_argument("--weighting-warmup", type=int, default=3)
+    parser.add_argument("--weighting-rounds", type=int, default=2)
     return parser
 
 

@@ -12,8 +12,10 @@ positive rows) and each cohort (all days, each day, each of the top-k values of 
 
 Memory: each cohort is one histogram pass over its narrow columns, exact-AUC gather passes of at
 most `budget_rows` rows, and one group bucket at a time for GAUC (mtl_rec.evaluation, store.py).
-The bootstrap runs on a hash sample of at most `bootstrap_rows` rows (by request id, so the same
-rows for both models), scaled to the full row count (m-out-of-n) and centred on the exact delta.
+The bootstrap resamples users, not rows (a cluster bootstrap: rows of one user are correlated, and
+a row bootstrap's interval is too narrow). It runs on a hash sample of the users holding at most
+about `bootstrap_rows` rows (the same rows for both models, every row of a sampled user), scaled to
+the full row count (m-out-of-n) and centred on the exact delta.
 
 Example::
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.report.store import Cohort, PredictionStore
+from mtl_rec.bootstrap import paired_bootstrap_auc_delta
 from mtl_rec.evaluation import (
     GaucStats,
     ScoreHistogram,
@@ -39,7 +42,6 @@ from mtl_rec.evaluation import (
     low_bits_histogram,
     metric_value,
     normalized_entropy,
-    paired_bootstrap_auc_delta,
     radix_keys,
     streaming_auc,
 )
@@ -184,7 +186,7 @@ def score_cohort(
 
 
 def auc_delta_interval(store, target: EvalTarget, cohort: Cohort, exact_delta, settings) -> dict:
-    """Paired bootstrap CI of AUC(run) - AUC(baseline) on a request-id hash sample (see module doc)."""
+    """Paired user-bootstrap CI of AUC(run) - AUC(baseline) on a user hash sample (see module doc)."""
     from pipelines.transform import splitmix64
 
     label, run, base = f"label.{target.label}", _column("run", target.name), _column("baseline", target.name)
@@ -192,13 +194,14 @@ def auc_delta_interval(store, target: EvalTarget, cohort: Cohort, exact_delta, s
     fraction = min(1.0, settings.bootstrap_rows / max(total, 1))
     threshold = np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))  # hash < threshold: a `fraction` sample
     parts = []
-    for chunk in store.chunks(["id", label, run, base], target.space, cohort):
-        hashed = splitmix64(chunk["id"].view(np.uint64))  # [n] uint64, uniform
-        keep = np.ones(hashed.size, bool) if fraction >= 1 else hashed < threshold  # [n], same for both
-        parts.append({c: chunk[c][keep] for c in (label, run, base)})
+    columns = ("group", label, run, base)
+    for chunk in store.chunks(list(columns), target.space, cohort):
+        hashed = splitmix64(chunk["group"].view(np.uint64))  # [n] uint64, uniform per user
+        keep = np.ones(hashed.size, bool) if fraction >= 1 else hashed < threshold  # [n], whole users
+        parts.append({c: chunk[c][keep] for c in columns})
     if not parts or exact_delta is None:
         return {"low": None, "high": None, "reason": "no AUC delta", "rows": total}
-    sample = {c: np.concatenate([p[c] for p in parts]) for c in (label, run, base)}
+    sample = {c: np.concatenate([p[c] for p in parts]) for c in columns}
     ci = paired_bootstrap_auc_delta(
         sample[label],
         sample[run],
@@ -207,6 +210,7 @@ def auc_delta_interval(store, target: EvalTarget, cohort: Cohort, exact_delta, s
         settings.confidence,
         settings.seed,
         population_rows=total,
+        groups=sample["group"],
     )
     if ci.get("low") is None:
         return {**ci, "population_rows": total}
@@ -216,7 +220,7 @@ def auc_delta_interval(store, target: EvalTarget, cohort: Cohort, exact_delta, s
         "low": ci["low"] + shift,
         "high": ci["high"] + shift,
         "delta": exact_delta,
-        "method": "paired row bootstrap" + (" (m-out-of-n on a hash sample)" if fraction < 1 else ""),
+        "method": "paired user bootstrap" + (" (m-out-of-n on a user hash sample)" if fraction < 1 else ""),
     }
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.model import MLPConfig
-from mtl_rec.models.layers import Experts, Gate, mix_experts
+from mtl_rec.models.layers import Experts, Gate, last_linear_weights, mix_experts
 
 
 def experts_per_task(specific_experts: int | Mapping[str, int], task_names: Sequence[str]) -> dict[str, int]:
@@ -127,3 +127,7 @@ class CGC(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         task_outputs, _ = self.layer({task: x for task in self.task_names}, x)  # {task: [B, H]}
         return task_outputs
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """GradNorm's W: every shared expert's last Linear (weights every task depends on)."""
+        return last_linear_weights(self.layer.shared_experts)

@@ -14,11 +14,31 @@ Example::
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl_rec.config.model import MLPConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """nn.BatchNorm1d, except that a training batch of one row is normalised with the running
+    statistics and leaves them unchanged, as in eval mode: [B, C] -> [B, C].
+
+    A training step can see one-row batches: the padding batch of a rank whose shard ran out
+    (mtl_rec.train.padding_batch, so that every rank runs the same number of steps) and a shard's
+    last row. nn.BatchNorm1d raises on them ("Expected more than 1 value per channel"), and a padding
+    row's statistics are not data: they must not move the running mean and variance.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] < 2:
+            # [1, C] normalised by the running [C] statistics; no update
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)  # [B, C]
 
 
 class MLP(nn.Module):
@@ -34,7 +54,7 @@ class MLP(nn.Module):
         for hidden in config.hidden:
             layers.append(nn.Linear(width, hidden))
             if config.batch_norm:
-                layers.append(nn.BatchNorm1d(hidden))
+                layers.append(BatchNorm(hidden))
             layers.append(ACTIVATIONS[config.activation]())
             if config.dropout > 0:
                 layers.append(nn.Dropout(config.dropout))
@@ -77,6 +97,18 @@ class Gate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.softmax(self.logits(x), dim=-1)  # [B, in_dim] -> [B, E] -> softmax over E
+
+
+def last_linear_weights(module: nn.Module) -> list[nn.Parameter]:
+    """The weight of the last Linear of every MLP inside `module` (itself included), in module order:
+    a backbone's "last shared layer" for GradNorm when `module` holds its shared experts or bottom."""
+    mlps = [m for m in module.modules() if isinstance(m, MLP)]
+    weights = []
+    for mlp in mlps:
+        linears = [layer for layer in mlp.layers if isinstance(layer, nn.Linear)]
+        if linears:
+            weights.append(linears[-1].weight)
+    return weights
 
 
 def mix_experts(weights: Tensor, expert_outputs: Tensor) -> Tensor:

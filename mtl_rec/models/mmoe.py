@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.model import MLPConfig
-from mtl_rec.models.layers import Experts, Gate, mix_experts
+from mtl_rec.models.layers import Experts, Gate, last_linear_weights, mix_experts
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,7 @@ class MMoE(nn.Module):
             task: mix_experts(self.gates[task](x), expert_outputs)  # [B, E] x [B, E, H] -> [B, H]
             for task in self.task_names
         }
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """GradNorm's W: every expert's last Linear (weights every task depends on)."""
+        return last_linear_weights(self.experts)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.model import MLPConfig
 from mtl_rec.models.cgc import CGCLayer, experts_per_task
+from mtl_rec.models.layers import last_linear_weights
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,7 @@ class PLE(nn.Module):
             # {task: [B, In]}, [B, In] -> {task: [B, H]}, [B, H] (None after the last level)
             task_inputs, shared_input = level(task_inputs, shared_input)
         return task_inputs
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """GradNorm's W: every shared expert's last Linear, last level (weights every task depends on)."""
+        return last_linear_weights(self.levels[-1].shared_experts)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from mtl_rec.config.model import MLPConfig
-from mtl_rec.models.layers import MLP
+from mtl_rec.models.layers import MLP, last_linear_weights
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,7 @@ class SharedBottom(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         shared = self.bottom(x)  # [B, In] -> [B, H]
         return {task: shared for task in self.task_names}  # each task: [B, H], one tensor
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """GradNorm's W: the bottom MLP's last Linear (weights every task depends on)."""
+        return last_linear_weights(self.bottom)

@@ -24,13 +24,15 @@ Loss-based methods registered here:
     generalized_mean  ((1/K) sum L_k^gamma)^(1/gamma)                       Su Jianlin, 2022
 
 Gradient-based methods (mtl_rec.weighting.gradient: per-task gradients on the shared backbone
-parameters, all-reduced as one [K, P] tensor; then ONE normal backward per step):
+parameters, all-reduced as one [K, P] tensor; then ONE normal backward per step). GradNorm reweights
+the losses; the others combine the shared gradients in `after_backward()` from the Gram matrix of
+the task gradients, measuring K - 1 of them and deriving the last from the backward:
 
-    grad_normalization  w_k = 1 / ||G_k||                                   Su Jianlin, 2022
+    grad_normalization  shared: sum_k G_k / ||G_k||                         Su Jianlin, 2022
     gradnorm          learnable w, |w_k ||G_k|| - mean * r_k^alpha|, sum K  Chen et al., ICML 2018
-    mgda              min-norm convex combination (bounds: PE-LTR)         Sener & Koltun 2018; Lin 2019
-    pcgrad            project conflicting gradients (after_backward)       Yu et al., NeurIPS 2020
-    gradvac           raise cosines to an EMA target (after_backward)      Wang et al., ICLR 2021
+    mgda              shared: min-norm convex combination (bounds: PE-LTR) Sener & Koltun 2018; Lin 2019
+    pcgrad            shared: project conflicting gradients                Yu et al., NeurIPS 2020
+    gradvac           shared: raise cosines to an EMA target               Wang et al., ICLR 2021
 
 Example::
 

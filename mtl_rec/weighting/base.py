@@ -30,9 +30,11 @@ mtl_rec.weighting.METHODS. Constructors share one signature:
     __init__(tasks: Sequence[TaskConfig], config: <its config dataclass>, label_priors: Mapping | None)
 
 Gradient-based methods (GradNorm, PCGrad, MGDA, ...) need the shared parameters too: they set
-`requires_shared = True` and the trainer passes them once with `attach_shared(parameters)`; see
-mtl_rec.weighting.gradient. The trainer calls `after_backward()` right after the backward (surgery
-methods replace the shared gradients there; a no-op otherwise).
+`requires_shared = True` and the trainer passes them once with `attach_shared(parameters,
+auxiliary=...)`; see mtl_rec.weighting.gradient. The trainer calls `after_backward()` right after the
+backward: surgery methods (gradient normalisation, MGDA, PCGrad, GradVac) replace the shared
+gradients there and return the weights the shared gradient got, which the run logs instead of the
+loss multipliers; a no-op returning None otherwise.
 
 Example::
 
@@ -97,13 +99,16 @@ class Weighting(nn.Module):
         """
         raise NotImplementedError
 
-    def attach_shared(self, parameters: Iterable[nn.Parameter]) -> None:
-        """Give a gradient-based method the shared parameters it measures; loss-based methods ignore it."""
+    def attach_shared(self, parameters: Iterable[nn.Parameter], auxiliary: bool = False) -> None:
+        """Give a gradient-based method the shared parameters it measures; loss-based methods ignore it.
+        auxiliary: the step's backward also carries non-task losses (see mtl_rec.weighting.gradient)."""
         self.shared = tuple(parameters)
 
-    def after_backward(self) -> None:
-        """Called right after the step's backward, before the optimizer step. Surgery methods
-        (PCGrad, GradVac) overwrite the shared parameters' summed gradients here; others do nothing."""
+    def after_backward(self) -> dict[str, float] | None:
+        """Called right after the step's backward, before the optimizer step. Surgery methods overwrite
+        the shared parameters' summed gradients here and return {task: weight of G_k in the shared
+        gradient}, identical on every rank; others do nothing and return None."""
+        return None
 
     def sync_gradients(self) -> None:
         """All-reduce (SUM) the gradients of this module's learnable parameters across ranks.

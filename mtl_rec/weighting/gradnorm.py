@@ -11,10 +11,11 @@ for Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018. With W the l
 and each step w <- w - lr * d L_grad / d w = w - lr * sign(G_k - target_k) ||G_k^W||, then w is
 floored at 1e-6 and renormalised to sum to K. The step's loss uses the weights before the update.
 
-The last shared layer (`shared_parameters`): for Shared-Bottom, the weight of the bottom MLP's last
-Linear (every task reads its output). MMoE, OMoE, CGC and PLE have no single last layer that every
-task depends on (each task mixes the experts through its own gate), so there G_k^W is the gradient on
-all backbone parameters that at least two tasks use (experts and shared gates).
+The last shared layer (`shared_parameters`): the backbone's `last_shared_layer()` where it has one:
+the bottom MLP's last Linear weight for Shared-Bottom; every shared expert's last Linear weight for
+MMoE, OMoE, CGC and PLE (its last level), which every task's mixture reads. Other backbones: every
+backbone parameter that at least two tasks use. Measuring W alone keeps the per-task backwards short
+(towers, gates, one layer), which is why GradNorm costs about what a loss-based method does.
 
 Rank consistency: ||G_k^W|| comes from the all-reduced task gradients and L_k from the all-reduced
 losses; the update is a plain SGD step of the weights, a [K] float64 buffer (not a parameter: the
@@ -69,14 +70,10 @@ class GradNorm(GradientWeighting):
         self.register_buffer("initial_losses", torch.zeros(num_tasks, dtype=torch.float64))  # [K] L(0)
 
     def shared_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
-        """Shared-Bottom: the last Linear's weight of the bottom; other backbones: all (module doc)."""
-        from mtl_rec.models.shared_bottom import SharedBottom
-
-        if isinstance(backbone, SharedBottom):
-            linears = [m for m in backbone.bottom.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                return [linears[-1].weight]
-        return super().shared_parameters(backbone)
+        """The backbone's last_shared_layer() if it defines one; else all its parameters (module doc)."""
+        last_layer = getattr(backbone, "last_shared_layer", None)
+        weights = list(last_layer()) if callable(last_layer) else []
+        return weights or super().shared_parameters(backbone)
 
     def update(self, norms: Tensor, global_losses: Tensor) -> None:
         """One step on L_grad from the global gradient norms ||G_k^W|| [K] and global losses [K]."""

@@ -22,18 +22,22 @@ then the Euclidean projection onto {lo <= alpha <= hi, sum alpha = 1} (bisection
 clamp(alpha - tau, lo, hi)). Used as soon as a bound is set; without bounds it is plain MGDA.
 
 Weights: w_k = c_k K alpha_k (uniform alpha gives the fixed weights; the bounds are on alpha, which
-sums to 1). Every quantity comes from the global gradients, so all ranks hold the same alpha.
+sums to 1). As in the paper's Algorithm 2, they combine the SHARED gradients only, sum_k w_k G_k, while
+the task-specific parameters (towers) and the embeddings take the plain sum_k c_k grad L_k: the step
+backpropagates that sum once and `after_backward()` swaps the shared part (gradient.SurgeryWeighting).
+Every quantity comes from the global gradients' Gram matrix, so all ranks hold the same alpha.
 
 Example::
 
     >>> weighting = build_weighting(WeightingConfig("mgda", {"min_weight": 0.1}), tasks)   # PE-LTR
     >>> weighting.attach_shared(weighting.shared_parameters(model.backbone))
-    >>> total, weights = weighting.combine(losses, step)
+    >>> total, weights = weighting.combine(losses, step)       # weights: the static c_k
+    >>> total.backward(); shared_weights = weighting.after_backward()    # c_k K alpha_k
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +45,7 @@ from torch import Tensor
 
 from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.model import TaskConfig
-from mtl_rec.weighting.gradient import GradientWeighting
+from mtl_rec.weighting.gradient import SurgeryWeighting
 
 Bound = float | dict[str, float] | None
 
@@ -106,7 +110,7 @@ def pe_ltr(gram: Tensor, low: Tensor, high: Tensor) -> Tensor:
     return project_bounded_simplex(relaxed, low, high)
 
 
-class MGDA(GradientWeighting):
+class MGDA(SurgeryWeighting):
     """w_k = c_k K alpha_k, alpha the (bounded) min-norm combination of the global task gradients."""
 
     def __init__(self, tasks: Sequence[TaskConfig], config: MGDAConfig, label_priors=None) -> None:
@@ -135,12 +139,9 @@ class MGDA(GradientWeighting):
             raise ConfigError(f"mgda: every weight bound must be in [0, 1], got {values}")
         return torch.tensor(values, dtype=torch.float64)
 
-    def combine(self, losses: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
-        self.check_losses(losses)
-        grads = self.global_task_gradients(losses)  # [K, P]
-        gram = grads @ grads.T  # [K, P] x [P, K] -> [K, K]
+    def combination(self, gram: Tensor, step: int) -> Tensor:
         if self.bounded:
             alpha = pe_ltr(gram, self.low, self.high)  # [K]
         else:
             alpha = min_norm_frank_wolfe(gram, self.config.max_iter)  # [K]
-        return self.reweighted(losses, len(self.task_names) * alpha)
+        return self.static_weights * len(self.task_names) * alpha  # [K]

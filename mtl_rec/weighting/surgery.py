@@ -18,29 +18,27 @@ below it,
 after which cos(g_i', g_j) = phi_hat_ij exactly. One target per task pair over the whole shared
 vector (the paper also has per-layer targets). phi_hat starts at 0 and is a checkpointed buffer.
 
-Neither is a reweighting: the step backpropagates sum_k c_k L_k once (embeddings and towers get
-their usual gradient), then `after_backward()` replaces the task part of the shared parameters' .grad
-(already summed over ranks by DDP) with G computed from the global task gradients c_k G_k:
-
-    grad <- grad + (G - sum_k c_k G_k)
-
-so whatever else the backward put there (a backbone's auxiliary losses: SNR's L0 penalty, ESCM2's
-counterfactual risk) is kept, not silently dropped. grad (DDP-summed) and G, G_k (from all-reduced
-gradients) are identical on every rank, so the result is too. The random task order comes from a
-generator seeded with (seed, step), the same on every rank.
+Both act on the shared gradient only (mtl_rec.weighting.gradient.SurgeryWeighting): the step
+backpropagates sum_k c_k L_k once (embeddings and towers get their usual gradient), and
+`after_backward()` swaps the shared parameters' task part for G. Each g_i' stays a combination
+sum_j A_ij c_j G_j of the task gradients, and every dot product the projections need is one of the
+Gram matrix S = (c_i G_i . c_j G_j): the methods track the [K, K] coefficients A instead of [K, P]
+vectors, and G = sum_j w_j G_j with w_j = c_j sum_i A_ij. S comes from all-reduced gradients, so
+every rank computes the same w. The random task order comes from a generator seeded with
+(seed, step), the same on every rank.
 
 Example::
 
     >>> weighting = build_weighting(WeightingConfig("pcgrad"), tasks)
     >>> weighting.attach_shared(weighting.shared_parameters(model.backbone))
     >>> total, weights = weighting.combine(losses, step)       # weights: the static c_k
-    >>> total.backward(); weighting.after_backward(); optimizer.step()
+    >>> total.backward(); shared_weights = weighting.after_backward(); optimizer.step()
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,50 +46,15 @@ from torch import Tensor
 
 from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.model import TaskConfig
-from mtl_rec.weighting.gradient import ZERO_NORM, GradientWeighting
+from mtl_rec.weighting.gradient import ZERO_NORM, SurgeryWeighting
 
 
-class SurgeryWeighting(GradientWeighting):
-    """Backpropagates sum_k c_k L_k; `after_backward` replaces that sum's part of the shared gradients
-    with `surgery(c_k G_k [K, P], step) -> [P]`, keeping any other (auxiliary) part."""
-
-    def __init__(self, tasks: Sequence[TaskConfig], config, label_priors=None) -> None:
-        super().__init__(tasks, config)
-        # [P] float64, G - sum_k c_k G_k: set by combine, added to the shared .grad by after_backward
-        self.shared_grad_change: Tensor | None = None
-
-    def surgery(self, grads: Tensor, step: int) -> Tensor:
-        raise NotImplementedError
-
-    def task_order(self, task: int, step: int) -> list[int]:
-        """The other tasks in a random order that is the same on every rank (seeded by seed, step, task)."""
-        generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 101 + task)
-        others = [j for j in range(len(self.task_names)) if j != task]
-        return [others[j] for j in torch.randperm(len(others), generator=generator).tolist()]
-
-    def combine(self, losses: Mapping[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
-        self.check_losses(losses)
-        grads = self.global_task_gradients(losses) * self.static_weights[:, None]  # [K, P] c_k G_k
-        # The backward of sum_k c_k L_k puts sum_k c_k G_k on the shared parameters; only that part is
-        # swapped for the surgered G, so auxiliary terms in the same backward keep their gradient.
-        self.shared_grad_change = self.surgery(grads, step) - grads.sum(dim=0)  # [P] - [K, P].sum -> [P]
-        return self.reweighted(losses, torch.ones(len(self.task_names), dtype=torch.float64))
-
-    @torch.no_grad()
-    def after_backward(self) -> None:
-        if self.shared_grad_change is None:
-            return
-        offset = 0
-        for i in self.used:
-            param = self.shared[i]
-            change = self.shared_grad_change[offset : offset + param.numel()].view_as(param)  # [*param]
-            change = change.to(param.device, param.dtype)
-            offset += param.numel()
-            if param.grad is None:  # nothing reached it in the backward: its plain task part is 0 too
-                param.grad = change.clone()
-            else:
-                param.grad.add_(change)  # (task sum + auxiliary) - task sum + G
-        self.shared_grad_change = None
+def task_order(seed: int, task: int, num_tasks: int, step: int) -> list[int]:
+    """The tasks other than `task` in a random order that is the same on every rank (seeded by seed,
+    step, task)."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 101 + task)
+    others = [j for j in range(num_tasks) if j != task]
+    return [others[j] for j in torch.randperm(len(others), generator=generator).tolist()]
 
 
 @dataclass(frozen=True)
@@ -107,15 +70,17 @@ class PCGrad(SurgeryWeighting):
     def __init__(self, tasks: Sequence[TaskConfig], config: PCGradConfig, label_priors=None) -> None:
         super().__init__(tasks, config)
 
-    def surgery(self, grads: Tensor, step: int) -> Tensor:
-        projected = grads.clone()  # [K, P]
-        for i in range(len(self.task_names)):
-            for j in self.task_order(i, step):
-                dot = projected[i] @ grads[j]  # [P] . [P] -> []
-                norm_sq = grads[j] @ grads[j]  # []
+    def combination(self, gram: Tensor, step: int) -> Tensor:
+        num_tasks = len(self.task_names)
+        scaled = gram * self.static_weights[:, None] * self.static_weights[None, :]  # [K, K] S
+        coefficients = torch.eye(num_tasks, dtype=torch.float64)  # [K, K] A: g_i' = sum_j A_ij c_j G_j
+        for i in range(num_tasks):
+            for j in task_order(self.config.seed, i, num_tasks, step):
+                dot = coefficients[i] @ scaled[:, j]  # [K] . [K] -> [] g_i' . g_j
+                norm_sq = scaled[j, j]  # [] ||g_j||^2
                 if dot < 0 and norm_sq > ZERO_NORM**2:
-                    projected[i] -= dot / norm_sq * grads[j]  # [P]
-        return projected.sum(dim=0)  # [K, P] -> [P]
+                    coefficients[i, j] -= dot / norm_sq
+        return self.static_weights * coefficients.sum(dim=0)  # [K]
 
 
 @dataclass(frozen=True)
@@ -138,19 +103,21 @@ class GradVac(SurgeryWeighting):
         num_tasks = len(self.task_names)
         self.register_buffer("targets", torch.zeros(num_tasks, num_tasks, dtype=torch.float64))  # [K, K]
 
-    def surgery(self, grads: Tensor, step: int) -> Tensor:
-        vaccinated = grads.clone()  # [K, P]
-        norms = grads.norm(dim=1)  # [K]
-        for i in range(len(self.task_names)):
-            for j in self.task_order(i, step):
-                norm_i = vaccinated[i].norm()  # []
+    def combination(self, gram: Tensor, step: int) -> Tensor:
+        num_tasks = len(self.task_names)
+        scaled = gram * self.static_weights[:, None] * self.static_weights[None, :]  # [K, K] S
+        norms = scaled.diagonal().clamp(min=0).sqrt()  # [K] ||g_j||
+        coefficients = torch.eye(num_tasks, dtype=torch.float64)  # [K, K] A: g_i' = sum_j A_ij c_j G_j
+        for i in range(num_tasks):
+            for j in task_order(self.config.seed, i, num_tasks, step):
+                norm_i = float(coefficients[i] @ scaled @ coefficients[i]) ** 0.5  # ||g_i'||
                 if norm_i <= ZERO_NORM or norms[j] <= ZERO_NORM:
                     continue  # no direction to compare: no change, no target update
-                phi = float(vaccinated[i] @ grads[j] / (norm_i * norms[j]))  # cos(g_i', g_j)
+                phi = float(coefficients[i] @ scaled[:, j]) / (norm_i * float(norms[j]))  # cos(g_i', g_j)
                 phi = min(max(phi, -1.0), 1.0)
                 target = min(float(self.targets[i, j]), 1.0 - 1e-6)  # < 1: sqrt(1 - target^2) > 0
                 if phi < target:
                     scale = norm_i * (target * math.sqrt(1 - phi**2) - phi * math.sqrt(1 - target**2))
-                    vaccinated[i] += scale / (norms[j] * math.sqrt(1 - target**2)) * grads[j]  # [P]
+                    coefficients[i, j] += scale / (float(norms[j]) * math.sqrt(1 - target**2))
                 self.targets[i, j] = (1 - self.config.beta) * target + self.config.beta * phi
-        return vaccinated.sum(dim=0)  # [K, P] -> [P]
+        return self.static_weights * coefficients.sum(dim=0)  # [K]

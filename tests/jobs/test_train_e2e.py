@@ -42,9 +42,24 @@ def _small_world(root, **knobs):
 
 @pytest.fixture(scope="module")
 def e2e_logs(tmp_path_factory):
-    """Frequent clicks (25%), so every task has enough in-space rows."""
+    """Frequent clicks (25%), so every task has enough in-space rows; sized to be learnable in one
+    short pass. Measured on the default world (MMoE below, one epoch, two train seeds agreeing
+    within 0.001), the post-click tasks stay ~0.03-0.036 under their oracle whatever the data size:
+    twice the clicked rows, 800k training rows, a wider category table, dot interactions, dense or
+    sparse learning rates moved 3x: none closes it. Two knobs do. Post-click logits carry
+    selection_bias x the click affinity, so the click model's error is amplified inside the clicked
+    population (selection_bias 1.0 -> 0.5 moves the cvr gap 0.030 -> 0.025); and the scene x
+    category effects (3 x 2000 cells per stage) need more rows than a test has (0 moves 0.036 ->
+    0.030). With both: ctr 0.017, cvr 0.025, cart 0.018 under the oracle. Strong selection bias
+    has its own world and test below (ESMM)."""
     return _small_world(
-        tmp_path_factory.mktemp("e2e-logs"), seed=0, click_rate=0.25, cart_rate=0.4, conversion_rate=0.4
+        tmp_path_factory.mktemp("e2e-logs"),
+        seed=0,
+        click_rate=0.25,
+        cart_rate=0.4,
+        conversion_rate=0.4,
+        selection_bias=0.5,
+        domain_interaction_scale=0.0,
     )
 
 
@@ -67,9 +82,8 @@ def test_mmoe_trains_on_every_row_and_approaches_the_oracle(e2e_logs, tmp_path, 
     assert tasks["ctr"]["rows"] == _rows(e2e_logs, "2026-11-20") == 150_000
     clicked = pq.read_table(list((e2e_logs / "dt=2026-11-20").glob("*.parquet")), columns=["click"])["click"]
     assert tasks["cvr"]["rows"] == tasks["cart"]["rows"] == clicked.to_numpy().sum()
-    for name, bound in {"ctr": 0.03, "cvr": 0.05, "cart": 0.05}.items():
-        m = tasks[name]
-        assert m["oracle_auc"] is not None and m["auc"] >= m["oracle_auc"] - bound, (name, m)
+    for name, m in tasks.items():
+        assert m["oracle_auc"] is not None and m["auc"] >= m["oracle_auc"] - 0.03, (name, m)
 
     assert json.loads((out / "checkpoint" / "MANIFEST.json").read_text())["complete"] is True
     for name in ("config.yaml", "plan.json", "feature_stats.json"):

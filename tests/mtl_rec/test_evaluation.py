@@ -1,9 +1,8 @@
 """mtl_rec.evaluation against sklearn / numpy references: exact AUC in bounded memory, GAUC (three
-reductions), NE, calibration and ECE, and the paired bootstrap of AUC deltas."""
+reductions), NE, calibration and ECE."""
 
 import numpy as np
 import pytest
-from scipy.stats import norm
 from sklearn.metrics import log_loss, roc_auc_score
 
 from mtl_rec.evaluation import (
@@ -13,7 +12,6 @@ from mtl_rec.evaluation import (
     in_memory_auc,
     metric_value,
     normalized_entropy,
-    paired_bootstrap_auc_delta,
     radix_keys,
 )
 
@@ -152,34 +150,3 @@ def test_calibration_without_positives_says_why():
     result = calibration(_histogram(np.float32([0.1, 0.2, 0.3, 0.4]), np.zeros(4, np.int8)))
     assert result["ratio"]["value"] is None and "no positives" in result["ratio"]["reason"]
     assert metric_value(float("nan"), 3)["value"] is None
-
-
-def _binormal(rng, n, separations):
-    """Labels and one score per separation d: AUC = Phi(d / sqrt 2) exactly, in the population."""
-    labels = (rng.uniform(size=n) < 0.3).astype(np.int8)
-    noise = rng.normal(size=(len(separations), n))
-    return labels, [1 / (1 + np.exp(-(d * labels + noise[i]))) for i, d in enumerate(separations)]
-
-
-def test_paired_bootstrap_interval_covers_the_known_delta():
-    true_delta = norm.cdf(1.2 / np.sqrt(2)) - norm.cdf(1.0 / np.sqrt(2))  # 0.0351
-    covered = 0
-    trials = 30
-    for seed in range(trials):
-        labels, (a, b) = _binormal(np.random.default_rng(seed), 3000, [1.2, 1.0])
-        ci = paired_bootstrap_auc_delta(labels, a, b, replicates=150, seed=seed)
-        assert ci["delta"] == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b), abs=1e-12)
-        assert ci["low"] < ci["delta"] < ci["high"]
-        covered += ci["low"] <= true_delta <= ci["high"]
-    assert covered >= 0.8 * trials  # a 95% interval; 30 trials
-    # the same model against itself: a zero-width interval at 0
-    labels, (a,) = _binormal(np.random.default_rng(99), 2000, [1.0])
-    same = paired_bootstrap_auc_delta(labels, a, a.copy(), replicates=50)
-    assert same["low"] == same["high"] == 0.0
-
-
-def test_subsampled_bootstrap_narrows_by_the_sampled_fraction():
-    labels, (a, b) = _binormal(np.random.default_rng(7), 4000, [1.2, 1.0])
-    full = paired_bootstrap_auc_delta(labels, a, b, replicates=200, seed=1)
-    scaled = paired_bootstrap_auc_delta(labels, a, b, replicates=200, seed=1, population_rows=16000)
-    assert scaled["high"] - scaled["low"] == pytest.approx((full["high"] - full["low"]) / 2, rel=1e-9)

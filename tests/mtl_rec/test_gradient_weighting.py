@@ -44,11 +44,12 @@ def linear_losses(weighting, grads, values=None) -> tuple[dict[str, Tensor], nn.
 
 
 def step(weighting, grads, values=None, step_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """combine -> backward -> after_backward: (weights [K], theta.grad [P])."""
+    """combine -> backward -> after_backward: (weights [K], theta.grad [P]). The weights are those of
+    the shared gradient for surgery methods (after_backward's), the loss multipliers otherwise."""
     losses, theta = linear_losses(weighting, grads, values)
     total, weights = weighting.combine(losses, step_index)
     total.backward()
-    weighting.after_backward()
+    weights = weighting.after_backward() or weights
     return np.array(list(weights.values())), theta.grad.numpy()
 
 
@@ -69,7 +70,7 @@ def test_pcgrad_projects_two_conflicting_vectors():
     weights, grad = step(weighting, [[1.0, 0.0], [-1.0, 1.0]])
     # g1' = g1 - (g1.g2 / |g2|^2) g2 = (1, 0) + 0.5 (-1, 1);  g2' = g2 - (g2.g1 / |g1|^2) g1 = (0, 1)
     np.testing.assert_allclose(grad, [0.5 + 0.0, 0.5 + 1.0], atol=1e-12)
-    np.testing.assert_allclose(weights, [1.0, 1.0])
+    np.testing.assert_allclose(weights, [1.0 + 1.0, 0.5 + 1.0])  # G = 2 g1 + 1.5 g2
     assert weighting.last_cosines == pytest.approx({"ctr|cvr": -1 / math.sqrt(2)})
     # no conflict: the plain sum
     _, grad = step(build("pcgrad"), [[1.0, 0.0], [1.0, 1.0]])
@@ -101,19 +102,22 @@ def test_surgery_keeps_the_auxiliary_gradient_of_the_shared_parameters(method, s
     """A backbone's auxiliary loss (SNR's L0 penalty, ESCM2's regulariser) reaches the shared parameters
     in the same backward as the task losses: surgery replaces only the task part of their gradient."""
     weighting = build(method)
-    if method == "gradvac":
-        weighting.targets.fill_(0.5)
     grads = [[1.0, 0.0], [-1.0, 1.0]] if method == "pcgrad" else [[1.0, 0.0], [0.0, 1.0]]
-    losses, theta = linear_losses(weighting, grads)
     aux_gradient = torch.tensor([0.25, -2.0], dtype=torch.float64)  # d aux / d theta, no task involved
-    total, _ = weighting.combine(losses, 0)
-    (total + aux_gradient @ theta).backward()
-    weighting.after_backward()
-    # the surgered task gradient of the cases above, plus the auxiliary gradient untouched
-    np.testing.assert_allclose(theta.grad.numpy(), np.array(surgered) + aux_gradient.numpy(), atol=1e-12)
-    assert weighting.shared_grad_change is None  # applied once; a second call is a no-op
-    weighting.after_backward()
-    np.testing.assert_allclose(theta.grad.numpy(), np.array(surgered) + aux_gradient.numpy(), atol=1e-12)
+    for t in range(2):  # the second step too: no task gradient is derived from a backward with aux
+        if method == "gradvac":
+            weighting.targets.fill_(0.5)
+        losses, theta = linear_losses(weighting, grads)
+        weighting.attach_shared([theta], auxiliary=True)
+        total, _ = weighting.combine(losses, t)
+        (total + aux_gradient @ theta).backward()
+        weighting.after_backward()
+        # the surgered task gradient of the cases above, plus the auxiliary gradient untouched
+        expected = np.array(surgered) + aux_gradient.numpy()
+        np.testing.assert_allclose(theta.grad.numpy(), expected, atol=1e-12)
+        assert weighting.derived is None
+        assert weighting.after_backward() is None  # applied once; a second call is a no-op
+        np.testing.assert_allclose(theta.grad.numpy(), expected, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------- MGDA, PE-LTR
@@ -126,8 +130,9 @@ def test_surgery_keeps_the_auxiliary_gradient_of_the_shared_parameters(method, s
 def test_mgda_is_the_closed_form_min_norm_of_two_vectors(g1, g2, bounds):
     a, b = np.array(g1), np.array(g2)
     gamma = np.clip((b - a) @ b / ((a - b) @ (a - b)), 0.0, 1.0)  # weight of g1
-    weights, _ = step(build("mgda", **bounds), [g1, g2])
+    weights, grad = step(build("mgda", **bounds), [g1, g2])
     np.testing.assert_allclose(weights, 2 * np.array([gamma, 1 - gamma]), atol=1e-9)
+    np.testing.assert_allclose(grad, 2 * (gamma * a + (1 - gamma) * b), atol=1e-9)  # the shared gradient
 
 
 def test_mgda_frank_wolfe_finds_the_min_norm_point_of_three_vectors():
@@ -200,13 +205,88 @@ def test_gradnorm_update_matches_numpy_and_renormalises_to_k():
 
 def test_gradnorm_measures_the_last_shared_layer():
     from mtl_rec.config.model import MLPConfig
-    from mtl_rec.models import MMoE, MMoEConfig, SharedBottom, SharedBottomConfig
+    from mtl_rec.models import (
+        CGC,
+        PLE,
+        CGCConfig,
+        MMoE,
+        MMoEConfig,
+        OMoE,
+        OMoEConfig,
+        PLEConfig,
+        SharedBottom,
+        SharedBottomConfig,
+    )
 
     bottom = SharedBottom(6, ["ctr", "cvr"], SharedBottomConfig(MLPConfig(hidden=(5, 4))))
     assert build("gradnorm").shared_parameters(bottom) == [bottom.bottom.layers[2].weight]
-    mmoe = MMoE(6, ["ctr", "cvr"], MMoEConfig())
-    assert build("gradnorm").shared_parameters(mmoe) == list(mmoe.parameters())
+    mmoe = MMoE(6, ["ctr", "cvr"], MMoEConfig(num_experts=3, expert=MLPConfig(hidden=(5, 4))))
+    last_layers = [expert.layers[2].weight for expert in mmoe.experts.experts]
+    assert build("gradnorm").shared_parameters(mmoe) == last_layers
+    assert all(p.shape == (4, 5) for p in last_layers)
+    expert = MLPConfig(hidden=(5, 4))
+    omoe = OMoE(6, ["ctr", "cvr"], OMoEConfig(num_experts=2, expert=expert))
+    cgc = CGC(6, ["ctr", "cvr"], CGCConfig(shared_experts=2, expert=expert))
+    ple = PLE(6, ["ctr", "cvr"], PLEConfig(num_levels=2, shared_experts=3, expert=expert))
+    for backbone, shared_experts in [
+        (omoe, omoe.experts),
+        (cgc, cgc.layer.shared_experts),
+        (ple, ple.levels[-1].shared_experts),  # the last level's: every task's mixture reads them
+    ]:
+        expected = [mlp.layers[2].weight for mlp in shared_experts.experts]
+        assert build("gradnorm").shared_parameters(backbone) == expected
     assert build("pcgrad").shared_parameters(bottom) == list(bottom.parameters())
+
+
+# --------------------------------------------------- K - 1 measured, one derived from the backward
+
+SURGERY_METHODS = ["grad_normalization", "mgda", "pcgrad", "gradvac"]
+
+
+@pytest.mark.parametrize("method", SURGERY_METHODS)
+def test_the_derived_task_gradient_gives_the_same_steps_as_measuring_every_task(method):
+    """After step 0 a surgery method measures K - 1 task gradients and derives the last from the
+    backward's shared gradient; on a real MMoE that must reproduce, step by step, the run that
+    measures all K (auxiliary=True), to float32 rounding."""
+    from mtl_rec.config import from_dict
+    from mtl_rec.config.model import ModelConfig
+    from mtl_rec.losses import task_losses
+    from mtl_rec.models.model import MultiTaskModel
+    from tests.mtl_rec.models.test_model import THREE_TASKS, random_batch
+    from tests.pipelines.tables import tiny_spec
+
+    spec = tiny_spec()
+    tasks = parse_tasks(THREE_TASKS, spec.labels)
+    runs = {}
+    for auxiliary in (False, True):
+        torch.manual_seed(0)
+        model = MultiTaskModel(spec, from_dict(ModelConfig, {"arch": "mmoe"}), tasks, device="cpu")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        weighting = build_weighting(WeightingConfig(method), tasks)
+        weighting.attach_shared(weighting.shared_parameters(model.backbone), auxiliary=auxiliary)
+        measured = []
+
+        def counted(losses, which, measured=measured, measure=weighting.local_task_gradients):
+            measured.append(len(which))
+            return measure(losses, which)
+
+        weighting.local_task_gradients = counted
+        steps = []
+        for t in range(4):
+            batch = random_batch(spec, batch_size=64, seed=t)
+            total, _ = weighting.combine(task_losses(model(batch), batch, tasks).losses, t)
+            optimizer.zero_grad()
+            total.backward()
+            weights = weighting.after_backward()
+            grads = torch.cat([p.grad.reshape(-1) for p in model.backbone.parameters() if p.grad is not None])
+            steps.append((torch.tensor(list(weights.values())), grads.clone()))
+            optimizer.step()
+        runs[auxiliary] = steps
+        assert measured == ([3, 3, 3, 3] if auxiliary else [3, 2, 2, 2])
+    for (derived_weights, derived_grads), (exact_weights, exact_grads) in zip(runs[False], runs[True]):
+        torch.testing.assert_close(derived_weights, exact_weights, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(derived_grads, exact_grads, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(runs[True][-1][0], runs[True][0][0])  # the weights moved: a real test
 
 
 # ------------------------------------------------------------- one backward through the embeddings
@@ -300,7 +380,7 @@ def _gradient_worker(rank: int, out_dir) -> None:
             total, step_weights = weighting.combine(losses, t)
             optimizer.zero_grad()
             total.backward()
-            weighting.after_backward()
+            step_weights = weighting.after_backward() or step_weights
             optimizer.step()
             weights.append(list(step_weights.values()))
             grads.append(torch.cat([p.grad.reshape(-1) for p in model.backbone.parameters()]))

@@ -273,7 +273,7 @@ def trainer_step(model, module, batch: Batch, cfg: RunConfig) -> dict:
         cfg.weighting, cfg.tasks, {task.name: 0.3 for task in cfg.tasks}
     )  # priors: prior_loss
     if weighting.requires_shared:
-        weighting.attach_shared(weighting.shared_parameters(module.backbone))
+        weighting.attach_shared(weighting.shared_parameters(module.backbone), bool(module.auxiliary_spaces()))
     outputs = model(batch)
     total, _ = weighting.combine(task_losses(outputs, batch, cfg.tasks).losses, 0)
     aux = auxiliary_losses(outputs.aux, module.auxiliary_spaces(), batch)

@@ -215,3 +215,34 @@ def test_dot_interaction_adds_every_pairwise_inner_product():
             {**TINY_SPEC, "tables": {**TINY_SPEC["tables"], "dev": {"num_embeddings": 3, "dim": 8}}},
         )
         MultiTaskModel(uneven, ModelConfig(interaction="dot"), tasks, device="cpu")
+
+
+def test_batch_norm_trains_on_one_row_batches_without_moving_its_statistics():
+    """A rank's 1-row lockstep padding batch (or a shard's last row) goes through BatchNorm in training
+    mode: normalised by the running statistics, exactly as in eval mode, which stay where they were."""
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    model_cfg = from_dict(
+        ModelConfig,
+        {
+            "arch": "mmoe",
+            "dense_arch": {"hidden": [8], "batch_norm": True},
+            "params": {"num_experts": 2, "expert": {"hidden": [8], "batch_norm": True}},
+        },
+    )
+    model = MultiTaskModel(spec, model_cfg, parse_tasks(THREE_TASKS, spec.labels), device="cpu")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 3  # the dense MLP and the 2 experts
+    model.train()
+    model(random_batch(spec, batch_size=BATCH, seed=1))  # moves the running statistics off (0, 1)
+    before = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    row = random_batch(spec, batch_size=1, seed=2)
+    outputs = model(row)
+    sum(logit.sum() for logit in outputs.logit.values()).backward()
+    assert all(p.grad is not None for p in model.dense_parameters() if p.requires_grad)
+    for m, (mean, var, tracked) in zip(norms, before, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert int(m.num_batches_tracked) == tracked
+    model.eval()
+    for task, logit in model(row).logit.items():
+        torch.testing.assert_close(logit, outputs.logit[task].detach(), rtol=0, atol=0)
