@@ -94,4 +94,13 @@ def test_killed_worker_resumes_and_trains_every_row_exactly_once(ray_local, gene
     again = train(cfg, str(generated_logs), TRAIN_DAY, EVAL_DAY, run_dir, SPEC)
     assert again["train"]["rows_this_attempt"] == 0
     assert _audited_ids(run_dir).size == expected.size
-    assert again["tasks"]["ctr"]["auc"] == pytest.approx(metrics["tasks"]["ctr"]["auc"], abs=1e-9)
+    ctr, ctr_again = metrics["tasks"]["ctr"], again["tasks"]["ctr"]
+    assert (ctr_again["rows"], ctr_again["positives"]) == (ctr["rows"], ctr["positives"])  # every row again
+    # Not exact: evaluating again re-splits the rows over the 2 workers (streaming_split(equal=False)
+    # gives blocks to whichever asks first), so a row can be scored in a batch of another shape and its
+    # float32 score differ in the last bits (DESIGN.md pitfall 11). That can only reorder (positive,
+    # negative) pairs scored within a few ulps of each other, each moving the AUC by 1 / pairs (2e-8
+    # here, above the old abs=1e-9). On this eval day (1727 positives in 30k) scores jittered by 1 to
+    # 16 ulps moved it by at most 9 pairs; allow 50 (~1e-6). Another model moves it by >1e-3.
+    pairs = ctr["positives"] * (ctr["rows"] - ctr["positives"])
+    assert ctr_again["auc"] == pytest.approx(ctr["auc"], abs=50 / pairs)

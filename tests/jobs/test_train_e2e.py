@@ -118,6 +118,7 @@ def test_esmm_cvr_beats_a_click_space_only_cvr_model(selection_biased_logs, tmp_
         )["tasks"]["cvr"]
     esmm, click_only = results["esmm"], results["cvr_click_space"]
     assert esmm["space"] == click_only["space"] == "click == 1"  # both scored on the same clicked rows
+    # oracle_auc exact: the logged truth column over the same rows, ranked with integer rank sums
     assert esmm["rows"] == click_only["rows"] and esmm["oracle_auc"] == click_only["oracle_auc"]
     assert esmm["auc"] > click_only["auc"], results
 

@@ -177,7 +177,7 @@ def assemble(per_rank: list[dict], key: str, shape: torch.Size) -> Tensor:
     for tables in per_rank:
         for (row, col), (rows, cols), values in tables[key]:
             region = (slice(row, row + rows), slice(col, col + cols))
-            if seen[region].any():
+            if seen[region].any():  # exact: every rank applies the same all-reduced gradient to the same rows
                 torch.testing.assert_close(values, full[region], rtol=0, atol=0, msg=f"{key}: replicas")
             full[region], seen[region] = values, True
     assert seen.all(), f"{key}: shards do not cover the table"
@@ -354,7 +354,7 @@ def _checkpoint_worker(rank: int, root: Path) -> None:
     manifest = load_checkpoint(fresh.model, path).manifest
     assert manifest == {"complete": True, "fused_optimizer": False, "steps": 2}  # SGD keeps no state
     loaded = _predict(fresh, fixed)
-    for task in trained:
+    for task in trained:  # exact: the same rank, rows, plan and kernels; only the weights were reloaded
         assert torch.equal(loaded[task], trained[task]), f"rank {rank}: {task} predictions differ"
 
     dist.barrier()

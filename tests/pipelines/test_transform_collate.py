@@ -107,7 +107,7 @@ def test_collate_of_a_slice_and_of_chunked_columns():
         .tolist()
     )
     chunked = pa.concat_tables([out.slice(0, 4), out.slice(4)])  # what Ray's re-batching produces
-    again = collate(chunked, layout)
+    again = collate(chunked, layout)  # exact: collate copies the transformed values, no arithmetic
     assert torch.equal(again.sparse.values(), whole.sparse.values())
     assert torch.equal(again.dense, whole.dense)
 

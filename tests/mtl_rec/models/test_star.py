@@ -58,6 +58,7 @@ def test_star_weight_is_shared_times_domain_and_each_row_uses_its_own():
         layer.domain_weight.copy_(torch.randn(DOMAINS, 5, IN_DIM))
         layer.domain_bias.copy_(torch.randn(DOMAINS, 5))
     for p in range(DOMAINS):
+        # exact: one correctly rounded multiply (add) per element, whatever the shape it is broadcast to
         assert torch.equal(layer.weight()[p], layer.shared_weight * layer.domain_weight[p])
         assert torch.equal(layer.bias()[p], layer.shared_bias + layer.domain_bias[p])
     x, domain = torch.randn(BATCH, IN_DIM), torch.tensor([0, 1, 2, 2, 1, 0, 0, 0, 1, 2, 0, 1])
