@@ -2,7 +2,8 @@
 it on held-out rows; promote only when the gate passes.
 
     python -m jobs.daily --date 2026-11-21 --logs DIR --root ROOT [--config jobs/configs/mmoe.yaml]
-        [--window-days N] [--holdout 0.1] [--gate 0.002] [--set key=value ...] [--address ADDR]
+        [--window-days N] [--holdout 0.1] [--gate 0.002] [--calibration-band 0.9,1.1]
+        [--max-logloss-increase 0.01] [--set key=value ...] [--address ADDR]
 
 ROOT holds everything the schedule needs, on storage every node sees:
 
@@ -21,6 +22,12 @@ Idempotent. A date with a decision is reported, not retrained. A date whose run 
 resumes from its checkpoint's data position (never training a row twice), or goes straight to
 evaluation when training had finished. With no promoted model the day cold-starts and is promoted.
 
+Gate. The candidate is promoted only when, on the held-out rows, no task's AUC falls more than
+`--gate` below the promoted model's, every task's pred/obs lies within `--calibration-band` (beyond
+the noise of its positive count) and no task's logloss rises more than `--max-logloss-increase`
+(relative) above the promoted model's (jobs/report/gate.py); the decision names each failing task,
+its check and by how much.
+
 New ids. Embedding tables map raw ids by hashing (id_map: hash in the feature spec) into a fixed
 number of rows, so ids first seen today land in rows shared with other ids and train from there:
 no vocabulary to grow, no id rejected; the warm start keeps the promoted model's feature scaling.
@@ -37,6 +44,14 @@ import os
 import time
 from pathlib import Path
 
+from jobs.report.gate import (
+    DEFAULT_CALIBRATION_BAND,
+    DEFAULT_MAX_LOGLOSS_INCREASE,
+    describe_failure,
+    describe_gate,
+    parse_band,
+    parse_increase,
+)
 from mtl_rec.config.run import RunConfig, load_run_config
 
 PROMOTED = "promoted.json"
@@ -73,6 +88,8 @@ def daily(
     gate: float = 0.002,
     spec_overrides: tuple[str, ...] = (),
     address: str | None = None,
+    calibration_band: tuple[float, float] | None = DEFAULT_CALIBRATION_BAND,
+    max_logloss_increase: float | None = DEFAULT_MAX_LOGLOSS_INCREASE,
 ) -> dict:
     """One day of the schedule (see module doc). Returns the day's decision record."""
     from jobs.evaluate import evaluate
@@ -111,18 +128,16 @@ def daily(
         gate=gate if promoted else None,
         address=address,
         holdout=holdout,
+        calibration_band=calibration_band,
+        max_logloss_increase=max_logloss_increase,
     )
     if promoted is None:
         status, reason = "cold_start", "no promoted model yet: the first run is promoted"
     elif report["gate"]["passed"]:
-        status, reason = "promoted", f"no task's AUC fell more than {gate} below the promoted model's"
+        status, reason = "promoted", f"every task passed the gate ({describe_gate(report['gate'])})"
     else:
-        failures = report["gate"]["failures"]
         status = "rejected"
-        reason = "; ".join(
-            f"{f['task']}: AUC {f['auc']} vs promoted {f['baseline_auc']} (drop {f['drop']})"
-            for f in failures
-        )
+        reason = "; ".join(describe_failure(f) for f in report["gate"]["failures"])
     decision = {
         "date": day,
         "status": status,
@@ -132,6 +147,7 @@ def daily(
         "warm_start_from": promoted["date"] if promoted else None,
         "trained_rows": metrics["train"]["rows"],
         "auc": {name: task["auc"] for name, task in metrics["tasks"].items()},
+        "calibration": _calibration(report),
         "seconds": time.time() - started,
     }
     if status in ("promoted", "cold_start"):
@@ -151,6 +167,25 @@ def daily(
     return decision
 
 
+def _calibration(report: dict) -> dict:
+    """{target: {"auc", "oracle_auc", "pred_over_obs", "ece", "logloss", "rows", "positives"}} of the
+    day's candidate on the held-out rows (the report's numbers over all its days)."""
+    summary = {}
+    for name, target in report["metrics"].items():
+        overall = target["overall"]
+        run = overall["run"]
+        summary[name] = {
+            "auc": run["auc"]["value"],
+            "oracle_auc": overall["oracle_auc"]["value"],
+            "pred_over_obs": run["calibration"]["ratio"]["value"],
+            "ece": run["calibration"]["ece"]["value"],
+            "logloss": run["logloss"]["value"],
+            "rows": overall["rows"],
+            "positives": overall["positives"],
+        }
+    return summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.daily", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window-days", type=int, default=1)
     parser.add_argument("--holdout", type=float, default=0.1, help="share of the day's rows held out")
     parser.add_argument("--gate", type=float, default=0.002, help="largest AUC drop that still promotes")
+    parser.add_argument(
+        "--calibration-band",
+        type=parse_band,
+        default=DEFAULT_CALIBRATION_BAND,
+        metavar="LOW,HIGH",
+        help="pred/obs band a promoted model must keep, beyond noise (default 0.9,1.1; 'off')",
+    )
+    parser.add_argument(
+        "--max-logloss-increase",
+        type=parse_increase,
+        default=DEFAULT_MAX_LOGLOSS_INCREASE,
+        metavar="FRACTION",
+        help="largest relative logloss rise over the promoted model (default 0.01 = 1%%; 'off')",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--spec-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--address", default=None, help="Ray cluster address; default starts a local Ray")
@@ -183,6 +232,8 @@ def main(argv=None) -> int:
         args.gate,
         tuple(args.spec_set),
         args.address,
+        args.calibration_band,
+        args.max_logloss_increase,
     )
     return 0
 

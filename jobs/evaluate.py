@@ -1,7 +1,8 @@
 """Score a trained run's checkpoint on days of logs and write the offline evaluation report.
 
     python -m jobs.evaluate --run RUN_DIR --logs DIR --dates 2026-11-20[,2026-11-21 | A..B] --out OUT \\
-        [--baseline OTHER_RUN_DIR] [--gate 0.002] [--slice-column device] [--top-k 5] [--address ADDR]
+        [--baseline OTHER_RUN_DIR] [--gate 0.002 [--calibration-band 0.9,1.1] [--max-logloss-increase 0.01]]
+        [--slice-column device] [--top-k 5] [--address ADDR]
 
 OUT gets report.json (versioned: "schema_version"), report.md, report.html (self-contained: plots
 embedded as data URIs, nothing fetched), plots/*.png, and predictions/day=D/bucket-B.parquet: one
@@ -14,8 +15,11 @@ Per target, over its sample space (an ESMM chain also over impressions): exact A
 spec's group key (mean, impression-weighted, positive-weighted), logloss, normalised entropy,
 calibration ratio and ECE with a reliability diagram, rows and positives, the oracle AUC and the gap
 to it; per day and per value of the slice column (top-k by volume); with --baseline, every metric's
-delta and a paired user-bootstrap CI of the AUC deltas. --gate X exits 1 when a task's AUC (all days)
-falls more than X below the baseline's.
+delta and a paired user-bootstrap CI of the AUC deltas. --gate X exits 1 when, over all days, a task's
+AUC falls more than X below the baseline's, its pred/obs lies outside --calibration-band (default
+0.9,1.1, beyond the noise of its positive count), or its logloss rises more than
+--max-logloss-increase (relative, default 0.01 = 1%) above the baseline's; 'off' turns either check
+off (jobs/report/gate.py). The last line printed names the task, the check and by how much.
 
 Every row of the chosen days is scored (the split drops none; rows scored + quarantined must equal
 the rows in the files, or the job fails). Memory stays bounded when a day does not fit in one
@@ -32,8 +36,9 @@ Example (the Python API the daily retraining uses)::
     >>> report = evaluate(Path("runs/today"), "data/logs", "2026-11-21", Path("reports/2026-11-21"),
     ...                   baseline=Path("runs/yesterday"), gate=0.002)
     >>> report["gate"]
-    {'threshold': 0.002, 'passed': False, 'failures': [{'task': 'cvr', 'auc': 0.7391,
-     'baseline_auc': 0.7433, 'drop': 0.0042}], 'compared': ['ctr', 'cvr', 'cart']}
+    {'threshold': 0.002, 'calibration_band': [0.9, 1.1], 'max_logloss_increase': 0.01, 'passed': False,
+     'failures': [{'task': 'cvr', 'check': 'auc', 'auc': 0.7391, 'baseline_auc': 0.7433, 'drop': 0.0042,
+     'allowed': 0.002}], 'compared': ['ctr', 'cvr', 'cart'], 'calibration_checked': ['ctr', 'cvr', 'cart']}
     >>> report["metrics"]["ctr"]["overall"]["run"]["auc"]
     {'value': 0.7612, 'n': 200000}
 """
@@ -49,7 +54,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from jobs.report.compute import ReportSettings, compute_metrics, gate_check
+from jobs.report.compute import ReportSettings, compute_metrics
+from jobs.report.gate import (
+    DEFAULT_CALIBRATION_BAND,
+    DEFAULT_MAX_LOGLOSS_INCREASE,
+    check_band,
+    check_increase,
+    describe_failure,
+    describe_gate,
+    gate_check,
+    parse_band,
+    parse_increase,
+)
 from jobs.report.score import RunArtifacts, load_run, score_run
 from jobs.report.store import PredictionStore, merge_scores
 
@@ -150,13 +166,17 @@ def evaluate(
     top_k: int = 5,
     settings: ReportSettings | None = None,
     holdout: float | None = None,
+    calibration_band: tuple[float, float] | None = DEFAULT_CALIBRATION_BAND,
+    max_logloss_increase: float | None = DEFAULT_MAX_LOGLOSS_INCREASE,
 ) -> dict:
     """Score RUN_DIR's checkpoint (and BASELINE's, on the same rows) on `dates`; write OUT/report.*.
 
     Returns the report dict exactly as written to report.json; report["gate"] is
-    {"threshold", "passed", "failures": [{"task", "auc", "baseline_auc", "drop"}], "compared"} when
-    `gate` is given, else None. `holdout` (a fraction): score only the rows of the hash hold-out
-    (pipelines.split) that jobs.train / jobs.daily left out of training.
+    jobs.report.gate.gate_check's {"threshold", "calibration_band", "max_logloss_increase", "passed",
+    "failures": [{"task", "check", ...}], "compared", "calibration_checked"} when `gate` is given,
+    else None; `calibration_band` and `max_logloss_increase` (None: off) are the gate's other checks.
+    `holdout` (a fraction): score only the rows of the hash hold-out (pipelines.split) that
+    jobs.train / jobs.daily left out of training.
     """
     from jobs.report.render import render_html, render_markdown
     from jobs.train import start_ray
@@ -167,6 +187,8 @@ def evaluate(
         raise ValueError("--gate compares with a baseline: pass --baseline OTHER_RUN_DIR")
     if gate is not None and (not math.isfinite(gate) or gate < 0):
         raise ValueError(f"--gate must be a non-negative AUC drop, got {gate}")
+    calibration_band = check_band(calibration_band)
+    max_logloss_increase = check_increase(max_logloss_increase)
     settings = settings or ReportSettings()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -223,7 +245,9 @@ def evaluate(
         "targets_not_compared": not_compared,
         "slices": slices,
         "metrics": metrics,
-        "gate": gate_check(metrics, gate) if gate is not None else None,
+        "gate": (
+            gate_check(metrics, gate, calibration_band, max_logloss_increase) if gate is not None else None
+        ),
         "training": {"run": list(run.history), "baseline": list(base.history) if base else None},
     }
     histories = {"run": list(run.history), **({"baseline": list(base.history)} if base else {})}
@@ -253,6 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--gate", type=float, default=None, help="exit 1 if a task's AUC drops more than this"
     )
     parser.add_argument(
+        "--calibration-band",
+        type=parse_band,
+        default=DEFAULT_CALIBRATION_BAND,
+        metavar="LOW,HIGH",
+        help="with --gate: fail a task whose pred/obs lies outside [LOW, HIGH] beyond its noise "
+        "(default 0.9,1.1; 'off' for no check)",
+    )
+    parser.add_argument(
+        "--max-logloss-increase",
+        type=parse_increase,
+        default=DEFAULT_MAX_LOGLOSS_INCREASE,
+        metavar="FRACTION",
+        help="with --gate: fail a task whose logloss rises more than this above the baseline's, "
+        "relative (default 0.01 = 1%%; 'off' for no check)",
+    )
+    parser.add_argument(
         "--slice-column", default="device", help="integer log column to slice by ('' for none)"
     )
     parser.add_argument("--top-k", type=int, default=5, help="slices kept, by volume")
@@ -276,21 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def gate_message(gate: dict) -> str:
-    lines = []
-    for failure in gate["failures"]:
-        if failure["drop"] is None:
-            lines.append(
-                f"gate failed: {failure['task']}: AUC not computable (baseline {failure['baseline_auc']:.4f})"
-            )
-        else:
-            lines.append(
-                f"gate failed: {failure['task']}: AUC {failure['auc']:.4f} is {failure['drop']:.4f} below "
-                f"the baseline's {failure['baseline_auc']:.4f} (allowed drop {gate['threshold']})"
-            )
-    return (
-        "\n".join(lines)
-        or f"gate passed: no task's AUC fell more than {gate['threshold']} below the baseline"
-    )
+    """One line per failure ("gate failed: TASK: ... by how much"), or one line saying it passed."""
+    lines = [f"gate failed: {describe_failure(failure)}" for failure in gate["failures"]]
+    return "\n".join(lines) or f"gate passed: {describe_gate(gate)} for every task"
 
 
 def main(argv=None) -> int:
@@ -309,6 +337,8 @@ def main(argv=None) -> int:
         args.top_k,
         settings,
         args.holdout,
+        args.calibration_band,
+        args.max_logloss_increase,
     )
     print((args.out / "report.md").read_text())
     print(f"report: {args.out / 'report.html'}")

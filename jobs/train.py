@@ -93,7 +93,7 @@ def train(
     from mtl_rec.train import NoDropDataConfig, WorkerInputs, train_worker
     from pipelines.dataset import build_dataset, compute_stats, layout_for
     from pipelines.read import inspect_logs, parse_dates
-    from pipelines.split import HoldoutSplit
+    from pipelines.split import VALIDATION_SALT, HoldoutSplit, combine
     from pipelines.validate import quarantine_summary
 
     out = out.resolve()
@@ -122,6 +122,11 @@ def train(
         stats = compute_stats(train_inventory, spec, cfg.data, quarantine)
         stats.save(out / "feature_stats.json")
     spaces = required_spaces(cfg.tasks, spec)
+    daily_train = HoldoutSplit(holdout, "train", spec.id_column) if holdout else None
+    validation = cfg.train.validation_fraction
+    valid_side = lambda side: (  # noqa: E731
+        HoldoutSplit(validation, side, spec.id_column, VALIDATION_SALT) if validation else None
+    )
     datasets = {
         "train": build_dataset(
             train_inventory,
@@ -131,7 +136,8 @@ def train(
             cfg.data,
             quarantine,
             out / "checkpoint" / POSITION_FILE,
-            HoldoutSplit(holdout, "train", spec.id_column) if holdout else None,
+            combine(daily_train, valid_side("train")),
+            shuffle_seed=cfg.train.seed if cfg.data.shuffle_buffer_rows else None,
         ),
         "eval": build_dataset(
             eval_inventory,
@@ -143,6 +149,16 @@ def train(
             split=HoldoutSplit(holdout, "holdout", spec.id_column) if holdout else None,
         ),
     }
+    if validation:  # scored after every epoch (early stopping); never trained on
+        datasets["valid"] = build_dataset(
+            train_inventory,
+            spec,
+            stats,
+            spaces,
+            cfg.data,
+            quarantine,
+            split=combine(daily_train, valid_side("holdout")),
+        )
     layout = layout_for(spec, spaces, eval_inventory)
 
     # The cluster's GPUs, not the driver's: under KubeRay the head (and the job's driver) has none.
@@ -161,6 +177,8 @@ def train(
             tuple(train_inventory.paths),
             str(Path(init_from).resolve()) if init_from else None,
             label_priors(train_inventory, cfg.tasks, spec) if cfg.weighting.method == "prior_loss" else None,
+            # hash hold-outs keep their fraction of rows to within a fraction of a percent
+            planned_rows_per_epoch=round(train_inventory.rows * (1 - (holdout or 0.0)) * (1 - validation)),
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

@@ -39,7 +39,7 @@ from mtl_rec.config.features import FeatureSpec
 from mtl_rec.config.model import TaskConfig, validate_tasks
 from mtl_rec.config.spaces import SampleSpace, space_key
 from mtl_rec.distributed import all_reduce_max, gather_concat
-from mtl_rec.evaluation import binary_labels
+from mtl_rec.evaluation import ScoreHistogram, binary_labels, calibration
 from mtl_rec.models.heads import TaskOutputs
 
 
@@ -223,11 +223,12 @@ class MetricAccumulator:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)  # [n_local]
 
     def compute(self) -> dict[str, dict[str, Any]]:
-        """{target name: {auc, logloss, rows, positives, oracle_auc, space, mean_pred, mean_label}}.
+        """{target name: {auc, logloss, rows, positives, oracle_auc, space, mean_pred, mean_label,
+        pred_over_obs, ece}}.
 
         Collective over all ranks (gathers every row). A metric that cannot be computed is None:
-        auc / oracle_auc with one class or no row, logloss / means with no row, oracle_auc where any
-        batch on any rank lacked the oracle column.
+        auc / oracle_auc with one class or no row, logloss / means / ece with no row, pred_over_obs
+        with no positive, oracle_auc where any batch on any rank lacked the oracle column.
         """
         # One collective for all targets: skip the oracle where ANY rank missed it, so the gathers
         # below are the same on every rank.
@@ -240,6 +241,20 @@ class MetricAccumulator:
             truth = None if no_truth else gather_concat(self._local(self._truth[target.name]))  # [N]
             results[target.name] = _score(target, preds, labels, truth)
         return results
+
+
+def calibration_summary(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, float | None]:
+    """{"pred_over_obs", "ece"} of [N] labels in {0, 1} and [N] probabilities in [0, 1].
+
+    The offline report's calibration (mtl_rec.evaluation.calibration over a ScoreHistogram of the
+    rows), so training metrics and reports agree: pred_over_obs = sum of predictions / positives
+    (None without positives), ece = expected calibration error over `bins` equal-mass bins of the
+    prediction (None without rows).
+    """
+    histogram = ScoreHistogram()  # 65,536 radix bins: memory independent of N
+    histogram.update(probs, labels)
+    result = calibration(histogram, bins)
+    return {"pred_over_obs": result["ratio"]["value"], "ece": result["ece"]["value"]}
 
 
 def _score(target: EvalTarget, preds: np.ndarray, labels: np.ndarray, truth: np.ndarray | None) -> dict:
@@ -255,4 +270,5 @@ def _score(target: EvalTarget, preds: np.ndarray, labels: np.ndarray, truth: np.
         "space": target.space,
         "mean_pred": float(preds.astype(np.float64).mean()) if has_rows else None,
         "mean_label": float(labels.astype(np.float64).mean()) if has_rows else None,
+        **calibration_summary(labels, preds),
     }

@@ -36,6 +36,7 @@ class RunProgress:
     epochs: int
     audit: bool = False
     history: list[dict] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)  # one entry per epoch (mtl_rec.early_stopping)
     resumed_from: str | None = None
     audited_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rank 0
     _positions: list[np.ndarray] = field(default_factory=list)
@@ -81,6 +82,7 @@ class RunProgress:
         if "weighting" in loaded.replicated:
             weighting.load_state_dict(loaded.replicated["weighting"])
         self.history = list(loaded.replicated.get("history", []))
+        self.validation = list(loaded.replicated.get("validation", []))
         self.audited_ids = loaded.replicated.get("audited_ids", self.audited_ids)
         self.resumed_from = f"step {self.position.step}, epoch {self.position.epoch}"
 
@@ -121,7 +123,11 @@ class RunProgress:
     def checkpoint(self, target, weighting, path: Path, files: dict[str, str], manifest: dict) -> None:
         """Collective: publish model + optimizers + weighting + this progress atomically."""
         self._gather_consumed()
-        replicated = {"weighting": weighting.state_dict(), "history": self.history}
+        replicated = {
+            "weighting": weighting.state_dict(),
+            "history": self.history,
+            "validation": self.validation,
+        }
         if self.audit:
             replicated["audited_ids"] = self.audited_ids
         files = {**files, POSITION_FILE: self.position.to_json()}

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.comm_ops import set_gradient_division
@@ -49,6 +50,7 @@ FUSED_OPTIMIZERS = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
     "adagrad": EmbOptimType.EXACT_ADAGRAD,
     "sgd": EmbOptimType.EXACT_SGD,
+    "adam": EmbOptimType.ADAM,  # FBGEMM's Adam updates only the rows a batch touches (lazy Adam)
 }
 
 
@@ -103,9 +105,11 @@ def _non_fused_table_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> 
         return torch.optim.SGD(params, lr=sparse.lr)
     if sparse.name == "adagrad":
         return torch.optim.Adagrad(params, lr=sparse.lr, eps=sparse.eps)
+    if sparse.name == "adam":  # dense Adam on a small replicated table; weight decay decoupled, as FBGEMM's
+        return torch.optim.AdamW(params, lr=sparse.lr, eps=sparse.eps, weight_decay=sparse.weight_decay)
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-    return RowWiseAdagrad(params, lr=sparse.lr, eps=sparse.eps)
+    return RowWiseAdagrad(params, lr=sparse.lr, eps=sparse.eps, weight_decay=sparse.weight_decay)
 
 
 def _dense_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -142,6 +146,11 @@ def shard_model(
     fused_params = {"optimizer": FUSED_OPTIMIZERS[sparse.name], "learning_rate": sparse.lr}
     if sparse.name != "sgd":
         fused_params["eps"] = sparse.eps
+    if sparse.weight_decay:
+        fused_params["weight_decay"] = sparse.weight_decay
+        # rowwise Adagrad: L2 added to the touched rows' gradient; Adam: FBGEMM's decoupled decay
+        mode = WeightDecayMode.L2 if sparse.name == "rowwise_adagrad" else WeightDecayMode.DECOUPLE
+        fused_params["weight_decay_mode"] = mode
     sharders = [EmbeddingBagCollectionSharder(fused_params=fused_params)]
     tables = [config.name for config in model.sparse_arch.ebc.embedding_bag_configs()]
     world = world_size()

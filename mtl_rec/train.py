@@ -61,6 +61,8 @@ class WorkerInputs:
     train_files: tuple[str, ...] = ()  # the training inventory's paths, in order (data positions)
     init_from: str | None = None  # a checkpoint to warm-start from (a fresh run only)
     label_priors: dict | None = None  # {task: positive rate over its space}, for weighting=prior_loss
+    # rows an epoch trains (the files' rows outside the hold-outs): the LR schedule's length; 0: train_rows
+    planned_rows_per_epoch: int = 0
 
 
 def padding_batch(layout, spec) -> Batch:
@@ -109,10 +111,13 @@ def train_worker(inputs: WorkerInputs) -> None:
     import ray.train
     from tqdm import tqdm
 
+    from mtl_rec.checkpoint import load_checkpoint, save_checkpoint
     from mtl_rec.distributed import all_reduce_sum, rank, world_size
+    from mtl_rec.early_stopping import EarlyStopping
     from mtl_rec.losses import auxiliary_losses, task_losses
     from mtl_rec.models.model import MultiTaskModel
     from mtl_rec.run_state import RunProgress
+    from mtl_rec.schedule import LRSchedule, ScheduledLR
     from mtl_rec.sharding import plan_to_json, shard_model
     from mtl_rec.weighting import build_weighting
     from pipelines.dataset import iter_batches, start_early
@@ -121,12 +126,17 @@ def train_worker(inputs: WorkerInputs) -> None:
     world = world_size()
     torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world, 1)))
 
-    def epoch_batches():  # the read tasks skip the rows that the published checkpoint covers
+    def epoch_batches(epoch: int):  # the read tasks skip the rows that the published checkpoint covers
         shard = ray.train.get_dataset_shard("train")
-        return iter_batches(shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches)
+        seed = (cfg.train.seed * 1_000_003 + epoch) * 1009 + rank()  # another order every epoch and rank
+        return iter_batches(
+            shard, inputs.layout, cfg.data.batch_size, cfg.data.prefetch_batches,
+            shuffle_buffer_rows=cfg.data.shuffle_buffer_rows, shuffle_seed=seed,
+        )  # fmt: skip
 
     # The shard's start-up (split coordinator, read tasks) overlaps building and sharding the model.
-    first_epoch = None if cfg.train.prebuilt_batches else start_early(epoch_batches())
+    # (A run resumed in a later epoch draws its first epoch's shuffle with epoch 0's seed.)
+    first_epoch = None if cfg.train.prebuilt_batches else start_early(epoch_batches(0))
     torch.manual_seed(cfg.train.seed)  # the same initial dense weights on every rank
     device = torch.device(
         f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
@@ -166,6 +176,16 @@ def train_worker(inputs: WorkerInputs) -> None:
         manifest = {"world_size": world, "done": run.done}
         run.checkpoint(sharded, weighting, run_dir / "checkpoint", checkpoint_files, manifest)
 
+    # Every step's learning rates (dense and fused tables) from one schedule over the planned rows.
+    planned_rows = max(1, (inputs.planned_rows_per_epoch or inputs.train_rows) * cfg.train.epochs)
+    schedule = LRSchedule(cfg.train.warmup_fraction, cfg.train.lr_schedule, cfg.train.lr_min_ratio)
+    learning_rates = ScheduledLR(
+        schedule,
+        [sharded.dense_optimizer, sharded.table_optimizer],
+        fused=getattr(model, "fused_optimizer", None),
+    )
+    stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation)
+
     history, rows_at_start, start = run.history, run.position.rows, time.perf_counter()
     progress = tqdm(
         total=inputs.train_rows * cfg.train.epochs, unit="rows", disable=rank() != 0, desc="train"
@@ -182,11 +202,17 @@ def train_worker(inputs: WorkerInputs) -> None:
         if first_epoch is not None:
             batches, first_epoch = first_epoch, None
         elif prebuilt is None:
-            batches = epoch_batches()
+            batches = epoch_batches(run.epoch)
         else:
             batches = iter(prebuilt)
         for batch, real, global_rows in lockstep(batches, padding):
             batch = batch.to(device, non_blocking=True) if real else batch
+            # the share of planned rows done at the end of this step (all ranks' rows), set before
+            # forward: the fused table optimizer runs inside backward
+            done = (run.position.rows + global_rows) / planned_rows
+            if cfg.train.max_steps:
+                done = max(done, (run.step + 1) / cfg.train.max_steps)
+            learning_rates.apply(done)
             outputs = model(batch)
             losses = task_losses(outputs, batch, cfg.tasks)
             total, weights = weighting.combine(losses.losses, run.step)  # identical weights on every rank
@@ -234,11 +260,31 @@ def train_worker(inputs: WorkerInputs) -> None:
                 break  # the same step on every rank (lockstep), so all ranks leave together
         if not stop():
             run.end_epoch()  # the epoch's rows are all trained: the next epoch reads every row
+            if cfg.train.validation_fraction:
+                validation = evaluate(model, inputs, spec, cfg, padding, device, dataset="valid")
+                if stopping.update(run.epoch, run.step, validation):
+                    save_checkpoint(
+                        sharded, run_dir / "best", files=checkpoint_files, manifest={"epoch": run.epoch}
+                    )
+                if rank() == 0:
+                    score, best_epoch = (
+                        stopping.history[-1]["validation_score"],
+                        (stopping.best or {}).get("epoch"),
+                    )
+                    print(
+                        f"[rank 0] epoch {run.epoch}: validation NE {score} (best epoch {best_epoch})",
+                        flush=True,
+                    )
+                if stopping.should_stop:
+                    run.position.epoch = cfg.train.epochs  # done: no better epoch for `patience` epochs
             if every and not run.done:
                 checkpoint()
     run.position.epoch = max(run.epoch, cfg.train.epochs)  # max_steps ends training early: done
     train_seconds = time.perf_counter() - start
     progress.close()
+    best = stopping.best
+    if best is not None and best["step"] != run.step:  # a later epoch was worse: keep the best one's
+        load_checkpoint(sharded, run_dir / "best", current_plan_json=plan_json)
     checkpoint()  # before evaluation: a failure while evaluating resumes straight to evaluation
 
     metrics = evaluate(model, inputs, spec, cfg, padding, device)
@@ -256,6 +302,8 @@ def train_worker(inputs: WorkerInputs) -> None:
             "peak_rss_mb_per_worker": peak_rss_mb,
             "resumed_from": run.resumed_from,
             "warm_start": warm_start,
+            "validation": run.validation,  # per epoch: metrics on the validation rows and their score
+            "best_epoch": best and best["epoch"],  # the epoch whose weights were kept
             "history": history,
         },
     }
@@ -285,7 +333,7 @@ def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> di
 
     try:
         loaded = load_checkpoint(sharded, init_from, current_plan_json=plan_json)
-        optimizers = True
+        optimizers = "dense_optimizer" in loaded.replicated  # a weights-only checkpoint has none
     except CheckpointMismatch as mismatch:
         if rank() == 0:
             print(f"[rank 0] warm start: weights only ({mismatch})", flush=True)
@@ -307,8 +355,10 @@ def _write_worker_file(run_dir: Path) -> None:
 
 
 @torch.no_grad()  # not inference_mode: gloo collectives fail inside it
-def evaluate(model, inputs: WorkerInputs, spec, cfg: RunConfig, padding: Batch, device) -> dict:
-    """Exact per-target metrics over every evaluation row across ranks (see mtl_rec.metrics)."""
+def evaluate(
+    model, inputs: WorkerInputs, spec, cfg: RunConfig, padding: Batch, device, dataset: str = "eval"
+) -> dict:
+    """Exact per-target metrics over every row of `dataset` across ranks (see mtl_rec.metrics)."""
     import ray.train
 
     from mtl_rec.metrics import MetricAccumulator, eval_targets
@@ -316,7 +366,7 @@ def evaluate(model, inputs: WorkerInputs, spec, cfg: RunConfig, padding: Batch, 
 
     model.eval()
     accumulator = MetricAccumulator(eval_targets(cfg.tasks, spec))
-    shard = ray.train.get_dataset_shard("eval")
+    shard = ray.train.get_dataset_shard(dataset)
     batches = iter_batches(shard, inputs.layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
     for batch, real, _ in lockstep(batches, padding):
         batch = batch.to(device, non_blocking=True) if real else batch

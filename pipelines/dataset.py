@@ -86,12 +86,14 @@ def build_dataset(
     quarantine_dir: str | Path | None = None,
     position_file: str | Path | None = None,
     split=None,
+    shuffle_seed: int | None = None,
 ):
     """A lazy ray.data.Dataset of transformed blocks (columns documented in pipelines.transform).
 
     position_file: a data position (mtl_rec.data_position) that read tasks load when they start; the
     rows it lists are skipped (a resumed run's already-trained rows).
-    split: a pipelines.split.HoldoutSplit: keep only one side of the hold-out split."""
+    split: a pipelines.split.HoldoutSplit: keep only one side of the hold-out split.
+    shuffle_seed: read the files in an order drawn from this seed (None: inventory order)."""
     configure_ray_data()
     return read_logs(
         inventory,
@@ -100,6 +102,7 @@ def build_dataset(
         position_file=str(position_file) if position_file else None,
         split=split,
         max_tasks=read_task_cap(data),
+        file_order_seed=shuffle_seed,
         spec=spec,
         stats=stats,
         spaces=dict(spaces),
@@ -121,11 +124,27 @@ def layout_for(spec: FeatureSpec, spaces: Mapping[str, SampleSpace], inventory: 
 
 
 def iter_batches(
-    source, layout: BatchLayout, batch_size: int, prefetch_batches: int = 2, drop_last: bool = False
+    source,
+    layout: BatchLayout,
+    batch_size: int,
+    prefetch_batches: int = 2,
+    drop_last: bool = False,
+    shuffle_buffer_rows: int = 0,
+    shuffle_seed: int | None = None,
 ) -> Iterator:
-    """Batches from a ray.data.Dataset or a DataIterator (a Ray Train shard). The last may be short."""
+    """Batches from a ray.data.Dataset or a DataIterator (a Ray Train shard). The last may be short.
+
+    shuffle_buffer_rows > 0: rows are drawn at random from a buffer of at least that many rows
+    (Ray Data's local shuffle, seeded by `shuffle_seed`), so a batch mixes blocks and files instead
+    of holding consecutive impressions of one file. Every row still comes out exactly once, and each
+    carries its own data position, so exactly-once resume is unaffected."""
     tables = source.iter_batches(
-        batch_size=batch_size, batch_format="pyarrow", prefetch_batches=prefetch_batches, drop_last=drop_last
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        prefetch_batches=prefetch_batches,
+        drop_last=drop_last,
+        local_shuffle_buffer_size=shuffle_buffer_rows or None,
+        local_shuffle_seed=shuffle_seed if shuffle_buffer_rows else None,
     )
     with surface_bad_input():
         for table in tables:

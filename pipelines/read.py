@@ -246,6 +246,7 @@ def read_logs(
     position_file: str | None = None,
     split=None,
     max_tasks: int | None = None,
+    file_order_seed: int | None = None,
     **kwargs,
 ):
     """A lazy ray.data.Dataset: one task per file, streaming `prepare(table, source=path, **kwargs)` blocks.
@@ -254,10 +255,16 @@ def read_logs(
     single read task and block, which leaves one of two cores idle and lets one training worker take
     every block. A task per file, yielding row-group-sized blocks, keeps both busy and streams.
     max_tasks caps the read tasks running at once (None: as many as the free logical CPUs allow).
+    file_order_seed: read the files in a seeded random order, so that days and files interleave in
+    training (with a capped number of read tasks they are otherwise read one after the other); each
+    keeps its inventory index, which its rows' data positions name.
     """
     import ray.data
 
     files = [{"path": f.path, "index": i} for i, f in enumerate(inventory.files)]
+    if file_order_seed is not None:
+        order = np.random.default_rng(file_order_seed).permutation(len(files))
+        files = [files[i] for i in order]
     return ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
         _read_and_prepare,
         batch_size=1,

@@ -24,6 +24,9 @@ import pyarrow as pa
 from pipelines.transform import splitmix64
 
 SALT = np.uint64(0x5EED_0F_401D_0075)
+# The validation hold-out inside the training rows (train.validation_fraction): another salt, so it
+# is independent of the daily hold-out and the two can be combined.
+VALIDATION_SALT = 0x7A11_DA7E_5EED_0001
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class HoldoutSplit:
     fraction: float
     part: Literal["train", "holdout"]
     column: str = "request_id"
+    salt: int = int(SALT)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
@@ -44,7 +48,27 @@ class HoldoutSplit:
     def keep(self, table: pa.Table) -> np.ndarray:
         """[n] bool: the rows of `table` on this split's side."""
         keys = table[self.column].to_numpy().astype(np.uint64)  # [n] (two's complement for negatives)
-        hashed = splitmix64(keys ^ SALT)  # [n] uint64
+        hashed = splitmix64(keys ^ np.uint64(self.salt))  # [n] uint64
         threshold = np.uint64(min(int(self.fraction * 2.0**64), 2**64 - 1))
         held_out = hashed < threshold  # [n] bool
         return held_out if self.part == "holdout" else ~held_out
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """The rows every one of `splits` keeps (e.g. the daily job's training side AND the validation
+    hold-out inside it). Example: ``AllOf((HoldoutSplit(0.1, "train"), validation_split))``."""
+
+    splits: tuple[HoldoutSplit, ...]
+
+    def keep(self, table: pa.Table) -> np.ndarray:
+        keep = np.ones(table.num_rows, dtype=bool)  # [n]
+        for split in self.splits:
+            keep &= split.keep(table)
+        return keep
+
+
+def combine(*splits: HoldoutSplit | None) -> HoldoutSplit | AllOf | None:
+    """One split object for read_logs from optional parts: None, one split, or AllOf them."""
+    present = tuple(s for s in splits if s is not None)
+    return None if not present else present[0] if len(present) == 1 else AllOf(present)

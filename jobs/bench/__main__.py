@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 from jobs.bench import __doc__ as OVERVIEW
+from jobs.bench.quality import PRESETS
 
-SECTIONS = ("loader", "flops", "train", "growth", "weighting")
+SECTIONS = ("loader", "flops", "train", "growth", "weighting")  # `all`: the speed sections
+QUALITY_SIZES = [100_000, 400_000]
 SMALL_EVAL_ROWS = 16_384
 # --quick: every section on small sizes, in its own cache (the full-size logs stay cached).
 QUICK = {
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=OVERVIEW,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("what", choices=[*SECTIONS, "all"])
+    parser.add_argument("what", choices=[*SECTIONS, "quality", "all"])
     parser.add_argument("--out", default="docs/bench-latest.json")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes for a smoke run (figures mean nothing)"
@@ -74,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weighting-steps", type=int, default=20)
     parser.add_argument("--weighting-warmup", type=int, default=3)
     parser.add_argument("--weighting-rounds", type=int, default=2)
+    parser.add_argument(
+        "--quality-sizes",
+        type=_ints,
+        default=QUALITY_SIZES,
+        help="rows per generated day, e.g. 100000,400000",
+    )
+    parser.add_argument("--quality-presets", type=lambda t: t.split(","), default=list(PRESETS))
+    parser.add_argument(
+        "--quality-set", action="append", default=[], metavar="KEY=VALUE", help="preset override"
+    )
+    parser.add_argument("--no-single-task", dest="quality_single_task", action="store_false")
+    parser.add_argument("--no-adult", dest="quality_adult", action="store_false")
+    parser.add_argument("--quality-epochs", type=_ints, default=[1], help="Adult: epochs of every library")
     return parser
 
 
@@ -110,7 +125,7 @@ def run(args, argv: list[str] | None = None) -> dict:
     from mtl_rec.config.features import load_feature_spec
     from mtl_rec.config.run import load_run_config
 
-    sections = list(SECTIONS) if args.what == "all" else [args.what]
+    sections = list(SECTIONS) if args.what == "all" else [] if args.what == "quality" else [args.what]
     command = "python -m jobs.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict = {"machine": machine(), "command": command}
     spec = load_feature_spec(args.spec)
@@ -144,6 +159,11 @@ def run(args, argv: list[str] | None = None) -> dict:
 
         results["weighting"] = bench_weighting(args)
         print_weighting(results["weighting"])
+    if args.what == "quality":
+        from jobs.bench.quality import bench_quality, print_quality
+
+        results["quality"] = bench_quality(args)
+        print_quality(results["quality"])
 
     rows = summary_rows(results)
     results["summary"] = [

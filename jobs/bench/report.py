@@ -228,7 +228,11 @@ SECTIONS = {
 
 def summary_rows(results: dict) -> list[Row]:
     """The table's rows for every section present in `results` (the JSON jobs.bench writes)."""
-    return [row for name, build in SECTIONS.items() if name in results for row in build(results[name])]
+    # imported here: jobs.bench.quality_report builds its rows with this module's Row
+    from jobs.bench.quality_report import quality_goal_rows
+
+    sections = {**SECTIONS, "quality": lambda r: quality_goal_rows(r["runs"])}
+    return [row for name, build in sections.items() if name in results for row in build(results[name])]
 
 
 def format_table(rows: list[Row]) -> str:

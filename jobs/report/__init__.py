@@ -5,7 +5,8 @@ score.py    RunArtifacts (a run directory read back) and the Ray Train scoring o
 store.py    merge the run's and the baseline's predictions row by row (request id), and read
             them back in bounded chunks: PredictionStore, Cohort
 compute.py  metrics per target x cohort (overall, per day, per slice value), deltas with a
-            paired bootstrap CI, the promotion gate
+            paired bootstrap CI
+gate.py     the promotion gate: AUC drop, pred/obs band, logloss rise against the baseline
 plots.py    matplotlib (Agg) PNGs: ROC, reliability, AUC over days, training loss and weights
 render.py   report.md and the self-contained report.html (images as data URIs)
 """

@@ -22,7 +22,7 @@ Example::
     >>> metrics, curves = compute_metrics(store, targets, ["ctr"], "device", 5, ReportSettings())
     >>> metrics["ctr"]["overall"]["run"]["auc"]
     {'value': 0.7412, 'n': 30000}
-    >>> gate_check(metrics, 0.002)["passed"]
+    >>> gate_check(metrics, 0.002)["passed"]          # jobs.report.gate
     True
 """
 
@@ -267,22 +267,3 @@ def compute_metrics(
             "by_slice": by_slice,
         }
     return metrics, slices, curves
-
-
-def gate_check(metrics: dict, threshold: float) -> dict:
-    """{"threshold", "passed", "failures": [{"task", "auc", "baseline_auc", "drop"}], "compared"}: a task
-    fails when its AUC over all days is more than `threshold` below the baseline's (or not computable
-    while the baseline's is)."""
-    failures, compared = [], []
-    for name, target in metrics.items():
-        overall = target["overall"]
-        if "baseline" not in overall:
-            continue
-        auc, base = overall["run"]["auc"]["value"], overall["baseline"]["auc"]["value"]
-        if base is None:
-            continue
-        compared.append(name)
-        drop = None if auc is None else base - auc
-        if drop is None or drop > threshold:
-            failures.append({"task": name, "auc": auc, "baseline_auc": base, "drop": drop})
-    return {"threshold": threshold, "passed": not failures, "failures": failures, "compared": compared}

@@ -16,6 +16,8 @@ import base64
 import html
 from dataclasses import dataclass, field
 
+from jobs.report.gate import describe_failure, describe_gate
+
 
 @dataclass
 class Table:
@@ -213,12 +215,8 @@ def _heading(report: dict) -> list[str]:
     gate = report.get("gate")
     if gate:
         verdict = "PASSED" if gate["passed"] else "FAILED"
-        lines.append(f"gate (AUC drop over {gate['threshold']}): {verdict}")
-        for f in gate["failures"]:
-            drop = "not computable" if f["drop"] is None else f"{f['drop']:.4f}"
-            lines.append(
-                f"  {f['task']}: AUC {fmt(f['auc'])} vs baseline {fmt(f['baseline_auc'])}, drop {drop}"
-            )
+        lines.append(f"gate ({describe_gate(gate)}): {verdict}")
+        lines += [f"  {describe_failure(f)}" for f in gate["failures"]]
     return lines
 
 

@@ -33,11 +33,24 @@ SHARDING_TYPES = (
 
 @dataclass(frozen=True)
 class SparseOptimConfig:
-    """The embedding tables' optimizer, fused into backward by FBGEMM (no .grad on the tables)."""
+    """The embedding tables' optimizer, fused into backward by FBGEMM (no .grad on the tables).
 
-    name: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
-    lr: float = 0.05
+    weight_decay: L2 on the rows a batch touches (rowwise_adagrad and adam only), the usual
+        regulariser of id embeddings: a row seen in many batches is pulled toward 0 more often, a
+        rare id's row keeps what little it learned (frequency-adaptive, as in Zhang et al., CIKM 2022)
+    """
+
+    name: Literal["rowwise_adagrad", "adagrad", "adam", "sgd"] = "rowwise_adagrad"
+    lr: float = 0.1
     eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.weight_decay < 0 or (self.weight_decay and self.name in ("adagrad", "sgd")):
+            raise ConfigError(
+                f"optim.sparse.weight_decay={self.weight_decay}: must be >= 0, and FBGEMM supports it "
+                f"for rowwise_adagrad and adam only (name is {self.name})"
+            )
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,7 @@ class DenseOptimConfig:
     """The optimizer of every parameter outside the embedding tables."""
 
     name: Literal["adam", "adagrad"] = "adam"
-    lr: float = 1e-3
+    lr: float = 2e-3  # with the default cosine schedule and a global batch of 2048
     weight_decay: float = 0.0
 
 
@@ -83,7 +96,8 @@ class ShardingConfig:
 class TrainConfig:
     """The training loop.
 
-    workers: Ray Train workers (0: 2 on CPU, one per GPU on CUDA)
+    workers: Ray Train workers (0: 2 on CPU, one per GPU on CUDA); data.batch_size is per worker,
+             so the global batch is workers x data.batch_size
     epochs:  passes over the training dates
     max_steps: stop after this many steps (0: no limit; for smoke tests and benchmarks)
     log_every: steps between progress lines / train metrics on rank 0
@@ -109,6 +123,26 @@ class TrainConfig:
     checkpoint_every: int = 0
     max_failures: int = 0
     audit_ids: bool = False
+    # learning rates (dense and tables alike): linear warm-up over the first warmup_fraction of the
+    # planned steps, then cosine (or linear, or no) decay to lr_min_ratio x lr at the last step
+    # (mtl_rec.schedule). Decaying to ~0 is what makes the last step's model calibrated: at a
+    # constant rate the final logits wander by +-10-30% in pred/obs (docs/benchmarks.md, quality)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_fraction: float = 0.05
+    lr_min_ratio: float = 0.0
+    # a hash hold-out of the training rows (by request id), scored after every epoch; 0: none
+    validation_fraction: float = 0.0
+    # stop after this many epochs without a better validation score (mean normalised entropy over
+    # the tasks) and keep the best epoch's weights; 0: train every epoch, keep the last
+    early_stopping_patience: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"train.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.early_stopping_patience and not self.validation_fraction:
+            raise ConfigError("train.early_stopping_patience needs train.validation_fraction > 0")
+        if not 0.0 <= self.warmup_fraction < 1.0 or not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise ConfigError("train.warmup_fraction must be in [0, 1) and train.lr_min_ratio in [0, 1]")
 
 
 @dataclass(frozen=True)

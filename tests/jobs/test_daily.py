@@ -3,7 +3,8 @@ re-running a date (idempotent: nothing is trained twice).
 
 Day 1 cold-starts and is promoted. Day 2 warm-starts from it and, trained sensibly, is promoted.
 Day 3 is trained with a destructive embedding learning rate: its AUC falls and the gate rejects it,
-so the pointer stays on day 2. Re-running day 2 reports the earlier decision without training.
+so the pointer stays on day 2; the decision names every failed check (AUC, pred/obs, logloss).
+Re-running day 2 reports the earlier decision without training.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import pytest
 
 from jobs.daily import daily, read_promoted
+from jobs.report.gate import describe_failure
 from mtl_rec.config.run import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
@@ -40,8 +42,16 @@ def test_daily_cold_start_warm_start_gate_and_rerun(ray_local, three_days, tmp_p
     assert first["status"] == "cold_start"
     assert read_promoted(root)["date"] == "2026-11-18"
 
-    second = daily(cfg, dt.date(2026, 11, 19), str(three_days), root, spec_overrides=SPEC, gate=0.05)
+    # 18 steps a day train the ranking, not yet the calibration: the AUC gate alone here (the pred/obs
+    # band and the logloss limit: tests/jobs/test_gate.py, and day 3 below).
+    auc_only = {"calibration_band": None, "max_logloss_increase": None}
+    second = daily(
+        cfg, dt.date(2026, 11, 19), str(three_days), root, spec_overrides=SPEC, gate=0.05, **auc_only
+    )
     assert second["status"] == "promoted", second["reason"]
+    assert set(second["calibration"]) == {"ctr", "cvr", "cart"}
+    ctr = second["calibration"]["ctr"]
+    assert ctr["pred_over_obs"] > 0 and 0 <= ctr["ece"] < 1 and ctr["positives"] > 0
     assert second["warm_start_from"] == "2026-11-18"
     metrics = json.loads((root / "runs" / "2026-11-19" / "metrics.json").read_text())
     assert metrics["train"]["warm_start"]["from"].endswith("runs/2026-11-18/checkpoint")
@@ -56,6 +66,11 @@ def test_daily_cold_start_warm_start_gate_and_rerun(ray_local, three_days, tmp_p
     third = daily(wrecked, dt.date(2026, 11, 20), str(three_days), root, spec_overrides=SPEC, gate=0.002)
     assert third["status"] == "rejected", third
     assert "AUC" in third["reason"]
+    report = json.loads((root / "reports" / "2026-11-20" / "report.json").read_text())
+    gate = report["gate"]  # the default gate: AUC drop, pred/obs band, logloss rise
+    assert gate["calibration_band"] == [0.9, 1.1] and gate["max_logloss_increase"] == 0.01
+    assert third["reason"] == "; ".join(describe_failure(f) for f in gate["failures"])
+    assert {f["check"] for f in gate["failures"]} >= {"auc"}
     assert read_promoted(root)["date"] == "2026-11-19", "a rejected day must not move the pointer"
     assert (root / "reports" / "2026-11-20" / "report.json").is_file(), "the report is written either way"
 

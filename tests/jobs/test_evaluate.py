@@ -1,5 +1,6 @@
 """End to end: two tiny trained runs -> `jobs.evaluate` scores both on the same rows through Ray Train
--> report.json whose numbers equal sklearn on the written predictions; the gate's exit status."""
+-> report.json whose numbers equal sklearn on the written predictions; the gate's exit status (AUC
+drop, and the pred/obs band: the 1-step model is far from calibrated)."""
 
 import json
 import shutil
@@ -10,6 +11,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from jobs.evaluate import evaluate, main
+from jobs.report.gate import describe_failure
 from jobs.train import train
 from mtl_rec.config.run import load_run_config
 
@@ -140,8 +142,9 @@ def test_gate_fails_exactly_when_a_task_drops_more_than_the_threshold(evaluated,
     widest = max(deltas, key=lambda name: abs(deltas[name]))
     candidate, baseline = ("run", "base") if deltas[widest] < 0 else ("base", "run")
     shutil.copytree(root / "report" / "scores", root / "gate" / "scores", dirs_exist_ok=True)
-    args = ["--run", str(root / candidate), "--baseline", str(root / baseline), "--logs", str(logs)]
-    args += ["--dates", DATES, "--out", str(root / "gate"), "--bootstrap", "20"]
+    common = ["--logs", str(logs), "--dates", DATES, "--out", str(root / "gate"), "--bootstrap", "20"]
+    args = ["--run", str(root / candidate), "--baseline", str(root / baseline), *common]
+    args += ["--calibration-band", "off", "--max-logloss-increase", "off"]  # the AUC check alone
     assert main([*args, "--gate", "1.0"]) == 0
     report = json.loads((root / "gate" / "report.json").read_text())
     drops = {
@@ -163,6 +166,20 @@ def test_gate_fails_exactly_when_a_task_drops_more_than_the_threshold(evaluated,
     assert failures[0]["baseline_auc"] == report["metrics"][worst]["overall"]["baseline"]["auc"]["value"]
 
     assert main([*args, "--gate", str(drops[worst] + 1e-6)]) == 0
+
+    # The default band: the 1-step model as the candidate predicts far from the observed rates.
+    capsys.readouterr()
+    assert main(["--run", str(root / "base"), "--baseline", str(root / "run"), *common, "--gate", "1.0"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    report = json.loads((root / "gate" / "report.json").read_text())
+    gate = report["gate"]
+    assert gate["calibration_band"] == [0.9, 1.1] and gate["max_logloss_increase"] == 0.01
+    ratio = report["metrics"]["ctr"]["overall"]["run"]["calibration"]["ratio"]["value"]
+    assert ratio > 1.5, "one step from the initial weights: predictions far above the click rate"
+    ctr = next(f for f in gate["failures"] if f["task"] == "ctr" and f["check"] == "calibration")
+    assert ctr["pred_over_obs"] == ratio and ctr["interval"][0] > 1.1
+    assert last == f"gate failed: {describe_failure(gate['failures'][-1])}"
+    assert last.startswith("gate failed: ") and any(f"{f['task']}: " in last for f in gate["failures"])
     with pytest.raises(ValueError, match="--baseline"):
         main(
             [

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from jobs.report.compute import ReportSettings, compute_metrics, gate_check
+from jobs.report.compute import ReportSettings, compute_metrics
+from jobs.report.gate import gate_check
 from jobs.report.store import PredictionStore
 from mtl_rec.metrics import EvalTarget
 
@@ -140,16 +141,25 @@ def _metrics(run_auc, base_auc):
 
 
 def test_gate_fails_exactly_above_the_threshold():
+    # The AUC check alone (the calibration and logloss checks: tests/jobs/test_gate.py).
     metrics = {"ctr": _metrics(0.7400, 0.7450), "cvr": _metrics(0.8000, 0.7900), "cart": _metrics(None, 0.6)}
-    gate = gate_check({k: metrics[k] for k in ("ctr", "cvr")}, 0.0051)
+    auc_only = {"calibration_band": None, "max_logloss_increase": None}
+    gate = gate_check({k: metrics[k] for k in ("ctr", "cvr")}, 0.0051, **auc_only)
     assert gate["passed"] and gate["failures"] == [] and gate["compared"] == ["ctr", "cvr"]
-    gate = gate_check({k: metrics[k] for k in ("ctr", "cvr")}, 0.0049)
+    gate = gate_check({k: metrics[k] for k in ("ctr", "cvr")}, 0.0049, **auc_only)
     assert not gate["passed"]
     assert gate["failures"] == [
-        {"task": "ctr", "auc": 0.74, "baseline_auc": 0.745, "drop": pytest.approx(0.005)}
+        {
+            "task": "ctr",
+            "check": "auc",
+            "auc": 0.74,
+            "baseline_auc": 0.745,
+            "drop": pytest.approx(0.005),
+            "allowed": 0.0049,
+        }
     ]
     # a task whose AUC cannot be computed while the baseline's can is a failure, not a pass
-    assert [f["task"] for f in gate_check(metrics, 1.0)["failures"]] == ["cart"]
+    assert [f["task"] for f in gate_check(metrics, 1.0, **auc_only)["failures"]] == ["cart"]
 
 
 def test_markdown_and_html_say_why_instead_of_nan(written):

@@ -4,11 +4,14 @@ checkpoint. Sized so a 2-core machine trains each model in well under a minute."
 import datetime as dt
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from jobs.train import train
 from mtl_rec.config.run import load_run_config
+from pipelines.split import VALIDATION_SALT, HoldoutSplit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
@@ -141,3 +144,39 @@ def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
     if "gradnorm" in weighting:  # gradient methods also log the cosines of the task gradients
         assert all(set(h["grad_cosine"]) == {"ctr|cvr", "ctr|cart", "cvr|cart"} for h in history)
         assert all(-1.0 <= c <= 1.0 for h in history for c in h["grad_cosine"].values())
+
+
+def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_logs, tmp_path, ray_local):
+    """3 epochs, a 20% validation hold-out scored after each, patience 1, shuffled reads, a warm-up
+    and cosine schedule: each epoch trains exactly the rows outside the hold-out, the hold-out rows
+    are scored (never trained), and the kept weights are the best epoch's."""
+    settings = (
+        "data.batch_size=1024",
+        "data.shuffle_buffer_rows=8192",
+        "train.epochs=3",
+        "train.validation_fraction=0.2",
+        "train.early_stopping_patience=1",
+        "train.lr_schedule=cosine",
+        "train.warmup_fraction=0.1",
+        "train.audit_ids=true",
+    )
+    cfg = load_run_config("jobs/configs/mmoe.yaml", settings)
+    out = tmp_path / "run"
+    metrics = train(cfg, str(generated_logs), "2026-11-18", "2026-11-19", out)
+
+    day = pq.read_table(list((generated_logs / "dt=2026-11-18").glob("*.parquet")), columns=["request_id"])
+    held = HoldoutSplit(0.2, "holdout", "request_id", VALIDATION_SALT).keep(day)
+    validation = metrics["train"]["validation"]
+    epochs_run = len(validation)
+    assert 2 <= epochs_run <= 3  # patience 1: stops one epoch after the best, or runs all three
+    # every epoch: exactly the rows outside the hold-out, once each; the hold-out scored in full
+    assert metrics["train"]["rows"] == epochs_run * int((~held).sum())
+    assert all(v["validation"]["ctr"]["rows"] == int(held.sum()) for v in validation)
+    replicated = torch.load(out / "checkpoint" / "replicated.pt", weights_only=False)
+    ids = day["request_id"].to_numpy()
+    assert np.array_equal(np.sort(replicated["audited_ids"]), np.sort(np.tile(ids[~held], epochs_run)))
+    scores = [v["validation_score"] for v in validation]
+    best = metrics["train"]["best_epoch"]
+    assert scores[best - 1] == min(scores)
+    assert epochs_run == 3 or scores[-1] >= scores[best - 1]  # stopped early only after a worse epoch
+    assert (out / "best" / "MANIFEST.json").exists()

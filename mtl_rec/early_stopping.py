@@ -1,0 +1,66 @@
+"""Validation after every epoch, early stopping, and the best epoch kept.
+
+The score of an epoch is the mean normalised entropy (NE: logloss over the entropy of the base
+rate, He et al. 2014) over the scored targets of the validation rows: lower is better, and unlike a
+plain logloss sum it weighs a rare post-click task like a frequent one. Every rank computes it from
+the same all-gathered metrics (mtl_rec.metrics), so every rank makes the same decision.
+
+The state is the run's list of validation entries (RunProgress.validation), which the checkpoint
+carries: a resumed run knows its best epoch and how long it has waited.
+
+Example::
+
+    >>> stopping = EarlyStopping(patience=1, history=run.validation)
+    >>> improved = stopping.update(epoch=1, step=50, metrics=validation_metrics)  # True: save RUN_DIR/best
+    >>> stopping.should_stop                                              # after `patience` worse epochs
+    False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mtl_rec.evaluation import normalized_entropy
+
+
+def validation_score(metrics: dict[str, dict]) -> float | None:
+    """Mean NE over the targets that have one (both classes present); None if none has."""
+    values = [
+        normalized_entropy(m.get("logloss"), m.get("rows", 0), m.get("positives", 0))
+        for m in metrics.values()
+    ]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class EarlyStopping:
+    """patience: epochs without a better score before stopping (0: never stop early).
+    history: the run's validation entries (one per epoch); update() appends to it."""
+
+    patience: int
+    history: list[dict] = field(default_factory=list)
+
+    def _entries(self) -> list[dict]:
+        return self.history
+
+    @property
+    def best(self) -> dict | None:
+        """The validation entry with the lowest score (the earliest among equals), or None."""
+        scored = [h for h in self._entries() if h["validation_score"] is not None]
+        return min(scored, key=lambda h: h["validation_score"]) if scored else None
+
+    def update(self, epoch: int, step: int, metrics: dict[str, dict]) -> bool:
+        """Record epoch `epoch`'s validation metrics; True when it is the best so far."""
+        score = validation_score(metrics)
+        before = self.best
+        entry = {"epoch": epoch, "step": step, "validation": metrics, "validation_score": score}
+        self.history.append(entry)
+        return score is not None and (before is None or score < before["validation_score"])
+
+    @property
+    def should_stop(self) -> bool:
+        best, entries = self.best, self._entries()
+        if not self.patience or best is None:
+            return False
+        return entries[-1]["epoch"] - best["epoch"] >= self.patience

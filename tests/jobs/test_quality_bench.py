@@ -1,0 +1,61 @@
+"""The quality benchmark's baselines and goal rows (the benchmark itself runs in `make bench`)."""
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from jobs.bench.baselines import hist_gbdt, load_frames, logreg
+from jobs.bench.quality import SINGLE_TASKS, record
+from jobs.bench.quality_report import quality_goal_rows, quality_table
+from mtl_rec.config.features import load_feature_spec
+from mtl_rec.config.model import TaskConfig
+from mtl_rec.metrics import eval_targets
+
+
+def test_baselines_score_the_same_rows_and_spaces_as_the_presets(generated_logs):
+    spec = load_feature_spec("jobs/configs/features.yaml")
+    targets = eval_targets([TaskConfig(t["name"], t["label"], t["space"]) for t in SINGLE_TASKS], spec)
+    frames = load_frames(str(generated_logs), "2026-11-18", "2026-11-19", spec)
+    day = pq.read_table(
+        list((generated_logs / "dt=2026-11-19").glob("*.parquet")), columns=["click", "conversion"]
+    )
+    clicks = int(np.sum(day["click"].to_numpy()))
+    for fit in (hist_gbdt, logreg):
+        result = fit(frames, targets, spec)
+        assert result["ctr"]["rows"] == result["ctcvr"]["rows"] == day.num_rows  # every impression
+        assert result["cvr"]["rows"] == result["cart"]["rows"] == clicks  # the clicked rows only
+        assert result["_rows"] == 2 * 30_000 + 2 * int(frames.train.columns["click"].sum())
+        for name in ("ctr", "cart"):
+            m = result[name]
+            assert 0.55 < m["auc"] <= m["oracle_auc"] + 0.02, (fit.__name__, name, m)
+            assert 0.5 < m["pred_over_obs"] < 2.0 and 0.0 <= m["ece"] < 0.2
+
+
+def _run(library, model, auc, ratio=1.0, dataset="generated-100k", speed=1000.0, epochs=1):
+    tasks = {
+        t: {"auc": a, "oracle_auc": 0.80 if dataset != "adult" else None, "pred_over_obs": ratio}
+        for t, a in auc.items()
+    }
+    return record(dataset, library, model, epochs, tasks, speed)
+
+
+def test_goal_rows_compare_each_preset_with_the_baselines_on_the_same_dataset():
+    runs = [
+        _run("sklearn", "hist_gbdt", {"ctr": 0.72, "cvr": 0.77}),
+        _run("mtl-rec", "single_task_dnn", {"ctr": 0.72, "cvr": 0.80}),
+        _run("mtl-rec", "mmoe", {"ctr": 0.7199, "cvr": 0.81}, ratio=1.06),  # below GBDT on ctr, miscalibrated
+        _run("mtl-rec", "ple", {"ctr": 0.7710, "cvr": 0.79}),  # within 0.03 of the 0.80 oracle on ctr
+        _run("mtl-rec", "mmoe", {"a": 0.90}, dataset="adult", speed=5000.0),
+        _run("torch-rechub", "mmoe", {"a": 0.89}, dataset="adult", speed=2000.0),
+    ]
+    rows = {row.measure: row for row in quality_goal_rows(runs)}
+    assert rows["100k mmoe vs hist_gbdt"].met is False and rows["100k ple vs hist_gbdt"].met is True
+    assert rows["100k mmoe vs single-task"].met is True and rows["100k ple vs single-task"].met is False
+    assert rows["100k mmoe oracle gap (ctr)"].met is False and rows["100k ple oracle gap (ctr)"].met is True
+    assert rows["100k mmoe pred/obs"].met is False and rows["100k ple pred/obs"].met is True
+    assert rows["adult mmoe vs best peer"].met is True
+    assert (
+        rows["adult mmoe speed vs torch-rechub"].value == "2.50x"
+        and rows["adult mmoe speed vs torch-rechub"].met
+    )
+    table = quality_table(runs)
+    assert "| generated-100k | oracle |" in table and "0.7199 (1.06)" in table
