@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -127,38 +128,22 @@ def train(
     valid_side = lambda side: (  # noqa: E731
         HoldoutSplit(validation, side, spec.id_column, VALIDATION_SALT) if validation else None
     )
+    build = partial(
+        build_dataset, spec=spec, stats=stats, spaces=spaces, data=cfg.data, quarantine_dir=quarantine
+    )
     datasets = {
-        "train": build_dataset(
+        "train": build(
             train_inventory,
-            spec,
-            stats,
-            spaces,
-            cfg.data,
-            quarantine,
-            out / "checkpoint" / POSITION_FILE,
-            combine(daily_train, valid_side("train")),
+            position_file=out / "checkpoint" / POSITION_FILE,
+            split=combine(daily_train, valid_side("train")),
             shuffle_seed=cfg.train.seed if cfg.data.shuffle_buffer_rows else None,
         ),
-        "eval": build_dataset(
-            eval_inventory,
-            spec,
-            stats,
-            spaces,
-            cfg.data,
-            quarantine,
-            split=HoldoutSplit(holdout, "holdout", spec.id_column) if holdout else None,
+        "eval": build(
+            eval_inventory, split=HoldoutSplit(holdout, "holdout", spec.id_column) if holdout else None
         ),
     }
     if validation:  # scored after every epoch (early stopping); never trained on
-        datasets["valid"] = build_dataset(
-            train_inventory,
-            spec,
-            stats,
-            spaces,
-            cfg.data,
-            quarantine,
-            split=combine(daily_train, valid_side("holdout")),
-        )
+        datasets["valid"] = build(train_inventory, split=combine(daily_train, valid_side("holdout")))
     layout = layout_for(spec, spaces, eval_inventory)
 
     # The cluster's GPUs, not the driver's: under KubeRay the head (and the job's driver) has none.
