@@ -30,7 +30,7 @@ def validation_score(metrics: dict[str, dict]) -> float | None:
         for m in metrics.values()
     ]
     values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+    return float(sum(values) / len(values)) if values else None
 
 
 @dataclass
@@ -56,7 +56,7 @@ class EarlyStopping:
         before = self.best
         entry = {"epoch": epoch, "step": step, "validation": metrics, "validation_score": score}
         self.history.append(entry)
-        return score is not None and (before is None or score < before["validation_score"])
+        return bool(score is not None and (before is None or score < before["validation_score"]))
 
     @property
     def should_stop(self) -> bool:

@@ -9,6 +9,9 @@ train      the reference MMoE trained by `jobs.train` on one generated day: end-
            memory per worker
 growth     how training time grows with rows (x1, x2, x4), table sizes (x2, x4) and workers (2 vs 1)
 weighting  per-step time of every loss-weighting method relative to fixed weights
+quality    the presets' AUC and pred/obs next to HistGBDT, logistic regression and single-task DNNs
+           on the same generated rows, and on UCI Adult next to torch-rechub and DeepCTR-Torch
+           (not part of `all`: `make bench` runs it after; jobs/bench/quality.py)
 
 `all` runs them in that order and ends with one summary table (jobs.bench.report) against the
 goals. Speed lives here, never in timed tests. Figures go to docs/benchmarks.md with the machine

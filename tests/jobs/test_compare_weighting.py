@@ -3,6 +3,7 @@ import json
 import pytest
 
 from jobs.compare_weighting import default_dates, main
+from mtl_rec.config.run import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
@@ -30,7 +31,9 @@ def test_compare_weighting_writes_a_table_per_method(generated_logs, tmp_path, r
         assert set(result["tasks"]) == {"ctr", "cvr", "cart"}
         assert all(t["oracle_auc"] is not None and t["rows"] > 0 for t in result["tasks"].values())
         assert set(result["final_weights"]) == {"ctr", "cvr", "cart"}
-    assert summary["methods"]["fixed"]["final_weights"] == {"ctr": 1.0, "cvr": 1.0, "cart": 1.0}
+    # fixed weighting keeps the preset's static task weights
+    preset = {task.name: task.weight for task in load_run_config("jobs/configs/mmoe.yaml").tasks}
+    assert summary["methods"]["fixed"]["final_weights"] == preset == {"ctr": 1.0, "cvr": 0.25, "cart": 0.25}
     table = (out / "compare_weighting.md").read_text()
     assert "| oracle |" in table and "| fixed |" in table and "| uncertainty |" in table
     with pytest.raises(SystemExit):

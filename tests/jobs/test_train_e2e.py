@@ -132,7 +132,14 @@ def test_esmm_cvr_beats_a_click_space_only_cvr_model(selection_biased_logs, tmp_
 def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
     weighting, generated_logs, tmp_path, ray_local
 ):
-    settings = ("data.batch_size=1024", "train.log_every=3", f"weighting={weighting}")
+    # 15 steps (30k rows, 2 x 1024): under the default cosine decay the run's mean rate is half, and
+    # every task ends at ~0.54 AUC; a constant rate is what this test of the weighting methods had
+    settings = (
+        "data.batch_size=1024",
+        "train.log_every=3",
+        f"weighting={weighting}",
+        "train.lr_schedule=constant",
+    )
     cfg = load_run_config("jobs/configs/mmoe.yaml", settings)
     metrics = train(cfg, str(generated_logs), "2026-11-18", "2026-11-19", tmp_path / "run")
     history = metrics["train"]["history"]
@@ -140,7 +147,8 @@ def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
     weights = [h["weights"] for h in history]
     assert all(set(w) == {"ctr", "cvr", "cart"} for w in weights)
     assert any(w != weights[0] for w in weights[1:]), "the weights never moved"
-    assert all(m["auc"] is not None and m["auc"] > 0.55 for m in metrics["tasks"].values())
+    aucs = {name: m["auc"] for name, m in metrics["tasks"].items()}
+    assert all(auc is not None and auc > 0.55 for auc in aucs.values()), aucs
     if "gradnorm" in weighting:  # gradient methods also log the cosines of the task gradients
         assert all(set(h["grad_cosine"]) == {"ctr|cvr", "ctr|cart", "cvr|cart"} for h in history)
         assert all(-1.0 <= c <= 1.0 for h in history for c in h["grad_cosine"].values())
