@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jobs.bench.common import local_ray
 from jobs.bench.peers import peer_runs
-from jobs.bench.quality import record
+from jobs.bench.quality_report import record
 from jobs.datasets.adult import write_adult
 from jobs.train import train
 from mtl_rec.config.run import load_run_config

@@ -22,8 +22,12 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
+import yaml
+
+from jobs.bench.adult import adult_runs
 from jobs.bench.baselines import hist_gbdt, load_frames, logreg
 from jobs.bench.common import day, ensure_logs, local_ray
+from jobs.bench.quality_report import quality_table, record
 from jobs.train import train
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.loader import to_dict
@@ -50,22 +54,6 @@ def _dates() -> tuple[str, str]:
     return f"{day(0)}..{day(1)}", day(2).isoformat()
 
 
-def record(dataset: str, library: str, model: str, epochs: int, tasks: dict, samples_per_s) -> dict:
-    """One run's line of the benchmark: per-task dicts from {target: metrics}."""
-    pick = lambda key: {name: m.get(key) for name, m in tasks.items() if not name.startswith("_")}  # noqa: E731
-    return {
-        "dataset": dataset,
-        "library": library,
-        "model": model,
-        "epochs": epochs,
-        "auc": pick("auc"),
-        "oracle_auc": {k: v for k, v in pick("oracle_auc").items() if v is not None},
-        "pred_over_obs": pick("pred_over_obs"),
-        "ece": pick("ece"),
-        "samples_per_s": samples_per_s,
-    }
-
-
 def _train_run(args, cfg, logs: Path, name: str) -> dict:
     run_dir = Path(args.cache) / "quality-runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would make the run resume
@@ -89,7 +77,8 @@ def _single_task_runs(args, dataset: str, logs: Path) -> dict:
     tower = to_dict(base.tasks[0])["tower"]
     tasks, speeds = {}, []
     for task in SINGLE_TASKS:
-        overrides = [*args.quality_set, f"tasks=[{_flow({**task, 'tower': tower})}]"]
+        flow = yaml.safe_dump([{**task, "tower": tower}], default_flow_style=True, width=1 << 20).strip()
+        overrides = [*args.quality_set, f"tasks={flow}"]
         cfg = load_run_config("jobs/configs/shared_bottom.yaml", overrides)
         metrics = _train_run(args, cfg, logs, f"{dataset}-single-{task['name']}")
         tasks[task["name"]] = metrics["tasks"][task["name"]]
@@ -98,21 +87,6 @@ def _single_task_runs(args, dataset: str, logs: Path) -> dict:
     run = record(dataset, "mtl-rec", "single_task_dnn", base.train.epochs, tasks, mean_speed)
     _print_run(run)
     return run
-
-
-def _flow(value) -> str:
-    """A YAML flow literal for --set (dicts and lists nest)."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_flow(v) for v in value) + "]"
-    return (
-        f'"{value}"'
-        if isinstance(value, str)
-        else str(value).lower()
-        if isinstance(value, bool)
-        else str(value)
-    )
 
 
 def _speed(metrics: dict):
@@ -156,13 +130,9 @@ def bench_quality(args) -> dict:
             if args.quality_single_task:
                 runs.append(_single_task_runs(args, dataset, logs))
     if args.quality_adult:
-        from jobs.bench.adult import adult_runs  # the Adult section: converter, presets and peers
-
         runs += adult_runs(args)
     return {"runs": runs, "date": dt.date.today().strftime(DATE_FORMAT)}
 
 
 def print_quality(result: dict) -> None:
-    from jobs.bench.quality_report import quality_table
-
     print("\n" + quality_table(result["runs"]))

@@ -23,6 +23,22 @@ CALIBRATION_BAND = (0.95, 1.05)
 POST_CLICK = ("cvr", "cart")
 
 
+def record(dataset: str, library: str, model: str, epochs: int, tasks: dict, samples_per_s) -> dict:
+    """One run's line of the benchmark: per-task dicts from {target: metrics}."""
+    pick = lambda key: {name: m.get(key) for name, m in tasks.items() if not name.startswith("_")}  # noqa: E731
+    return {
+        "dataset": dataset,
+        "library": library,
+        "model": model,
+        "epochs": epochs,
+        "auc": pick("auc"),
+        "oracle_auc": {k: v for k, v in pick("oracle_auc").items() if v is not None},
+        "pred_over_obs": pick("pred_over_obs"),
+        "ece": pick("ece"),
+        "samples_per_s": samples_per_s,
+    }
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from jobs.bench.baselines import hist_gbdt, load_frames, logreg
-from jobs.bench.quality import SINGLE_TASKS, record
-from jobs.bench.quality_report import quality_goal_rows, quality_table
+from jobs.bench.quality import SINGLE_TASKS
+from jobs.bench.quality_report import quality_goal_rows, quality_table, record
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.model import TaskConfig
 from mtl_rec.metrics import eval_targets
