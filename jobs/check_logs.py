@@ -7,7 +7,8 @@ transform path the trainer uses, every row counted once.
 
 Writes OUT/data_report.json and OUT/data_report.md: rows per day, funnel rates, the oracle AUC of
 each stage over its sample space (from the _truth_ columns, where present), dense-feature
-statistics, files skipped and rows quarantined with their reasons.
+statistics, files skipped and rows quarantined with their reasons, and everything in a day folder that is not
+data (hidden and temporary files, other suffixes, subfolders).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def check_logs(
         "oracle": oracle,
         "dense_stats": {k: vars(v) for k, v in stats.features.items()},
         "skipped_files": inventory.skipped,
+        "ignored_files": inventory.ignored,
         "quarantine": quarantine_summary(quarantine, spec.id_column),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,10 @@ def to_markdown(report: dict) -> str:
     for reason, count in report["quarantine"]["by_reason"].items():
         lines.append(f"- quarantined: {reason}: {count:,} rows")
     for skipped in report["skipped_files"]:
-        lines.append(f"- skipped file {skipped['path']}: {skipped['reason']}")
+        rows = "rows unknown" if skipped["rows"] is None else f"{skipped['rows']:,} rows"
+        lines.append(f"- skipped file {skipped['path']} ({rows}): {skipped['reason']}")
+    for ignored in report["ignored_files"]:
+        lines.append(f"- ignored (not data) {ignored['path']}: {ignored['reason']}")
     return "\n".join(lines) + "\n"
 
 

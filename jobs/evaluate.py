@@ -238,6 +238,7 @@ def evaluate(
             "rows_quarantined": sum(a["rows_quarantined"] for a in accounting.values()),
             "by_day": accounting,
             "skipped_files": [s for inv in inventories["run"].values() for s in inv.skipped],
+            "ignored_files": [s for inv in inventories["run"].values() for s in inv.ignored],
             "predictions": str(out / "predictions"),
             "group_buckets": buckets,
         },

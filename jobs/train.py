@@ -187,6 +187,7 @@ def train(
         "eval_rows_in_files": eval_inventory.rows,
         "quarantine": quarantine_summary(quarantine, spec.id_column),
         "skipped_files": train_inventory.skipped + eval_inventory.skipped,
+        "ignored_files": train_inventory.ignored + eval_inventory.ignored,  # in day folders, not data
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

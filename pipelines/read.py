@@ -66,6 +66,7 @@ class LogInventory:
     columns: list[str]  # columns the reader loads: the spec's inputs plus any _truth_ columns present
     truth_columns: list[str]
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason", "rows"}
+    ignored: list[dict] = field(default_factory=list)  # {"path", "reason"}: in a day folder, not data
 
     @property
     def rows(self) -> int:
@@ -110,13 +111,35 @@ _KIND_TEXT = {
 }
 
 
-def list_partitions(logs_dir: str | Path, dates: Sequence[dt.date], date_column: str = "dt") -> list[LogFile]:
-    """Every `*.parquet` under LOGS/<date_column>=YYYY-MM-DD for the dates; a missing day is an error."""
+def is_data_file(path: Path) -> str | None:
+    """None for a log file; otherwise why the file is not data. Hive/Spark convention: names starting
+    with `_` or `.` are markers and temporary files (`_SUCCESS`, `_tmp-*`, `.part-*` of a writer that
+    has not finished), never data."""
+    if path.name.startswith((".", "_")):
+        return "hidden or temporary file (name starts with '.' or '_', the Hive/Spark convention)"
+    if path.is_dir():
+        return "a folder: a day partition is read flat, its subfolders are not"
+    if path.suffix != ".parquet":
+        return "not a .parquet file"
+    return None
+
+
+def list_partitions(
+    logs_dir: str | Path, dates: Sequence[dt.date], date_column: str = "dt", ignored: list | None = None
+) -> list[LogFile]:
+    """Every data file (`is_data_file`) in LOGS/<date_column>=YYYY-MM-DD for the dates; a missing day
+    is an error. Everything else in a day folder is appended to `ignored` as {"path", "reason"}."""
     logs_dir = Path(logs_dir)
     files, missing = [], []
     for day in dates:
         part = logs_dir / f"{date_column}={day.isoformat()}"
-        found = sorted(part.glob("*.parquet")) if part.is_dir() else []
+        found = []
+        for path in sorted(part.iterdir()) if part.is_dir() else []:
+            reason = is_data_file(path)
+            if reason is None:
+                found.append(path)
+            elif ignored is not None:
+                ignored.append({"path": str(path), "reason": reason})
         if not found:
             missing.append(str(part))
         files += [LogFile(str(p), day, -1) for p in found]
@@ -124,7 +147,8 @@ def list_partitions(logs_dir: str | Path, dates: Sequence[dt.date], date_column:
         have = sorted(p.name for p in logs_dir.glob(f"{date_column}=*")) if logs_dir.is_dir() else []
         raise BadInputError(
             f"missing date partition{'s' if len(missing) > 1 else ''}: {', '.join(missing)} "
-            f"(no .parquet files there); partitions present under {logs_dir}: {', '.join(have) or 'none'}"
+            f"(no .parquet data files there); "
+            f"partitions present under {logs_dir}: {', '.join(have) or 'none'}"
         )
     return files
 
@@ -145,7 +169,8 @@ def inspect_logs(
     logs_dir: str | Path, dates: Sequence[dt.date], spec: FeatureSpec, on_bad_files: str = "error"
 ) -> LogInventory:
     """Check every file's footer against the spec and against each other (drift); see module doc."""
-    candidates = list_partitions(logs_dir, dates, spec.date_column)
+    ignored: list[dict] = []
+    candidates = list_partitions(logs_dir, dates, spec.date_column, ignored)
     with ThreadPoolExecutor(max_workers=8) as pool:
         footers = list(pool.map(_read_footer, [f.path for f in candidates]))
 
@@ -166,7 +191,9 @@ def inspect_logs(
             if on_bad_files == "error":
                 problems.append(f"{candidate.path}: {problem}")
             else:
-                skipped.append({"path": candidate.path, "reason": problem, "rows": rows})
+                # An unreadable footer has no row count: None says "unknown", not 0 rows.
+                known = schema is not None or problem.startswith("empty file")
+                skipped.append({"path": candidate.path, "reason": problem, "rows": rows if known else None})
             continue
         for column in expected:
             reference.setdefault(column, (schema.field(column).type, candidate.path))
@@ -182,7 +209,7 @@ def inspect_logs(
             f"no usable log files for {', '.join(d.isoformat() for d in dates)} under {logs_dir}"
         )
     truth = truth or []
-    return LogInventory(files, spec.input_columns() + truth, truth, skipped)
+    return LogInventory(files, spec.input_columns() + truth, truth, skipped, ignored)
 
 
 def _schema_problem(schema: pa.Schema, expected: dict[str, str], reference: dict, path: str) -> str | None:

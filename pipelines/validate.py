@@ -5,7 +5,8 @@ number of bad rows. Under `on_bad_rows: error` the first bad block stops the job
 column and counts; under `quarantine` bad rows are written with a `_reject_reason` column to
 QUARANTINE_DIR/<file-stem>-<first request id>.parquet and dropped from the block. The name is a
 function of the rows, so re-running a block (a second epoch, a stats pass, a retried task) rewrites
-the same file, and `quarantine_summary` counts distinct request ids: nothing is counted twice.
+the same file, and `quarantine_summary` counts distinct rows (file and position): nothing is
+counted twice.
 
 Example::
 
@@ -25,9 +26,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtl_rec.config import FeatureSpec
+from mtl_rec.data_position import POSITION_COLUMN
 from pipelines.errors import BadRowsError
 
 REASON_COLUMN = "_reject_reason"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 SOURCE_COLUMN = "_source_file"
 
 
@@ -80,6 +83,8 @@ def _row_checks(table: pa.Table, spec: FeatureSpec):
         column = table[feature.column]
         values = _np(column, 0.0).astype(np.float64, copy=False)
         yield f"{feature.column}: null, NaN or inf", _null(column) | ~np.isfinite(values)
+        # The tables and the scaling run in float32: a finite float64 beyond its range becomes inf.
+        yield f"{feature.column}: |value| beyond float32 range (3.4e38)", np.abs(values) > FLOAT32_MAX
         if feature.transform == "log1p":
             yield f"{feature.column}: negative value (log1p transform needs >= 0)", values < 0
     if spec.domain_column:
@@ -152,15 +157,31 @@ def _write_quarantine(rejected: pa.Table, spec: FeatureSpec, quarantine_dir: Pat
 
 
 def quarantine_summary(quarantine_dir: str | Path, id_column: str = "request_id") -> dict:
-    """{"rows": distinct quarantined request ids, "by_reason": {...}, "by_file": {...}}."""
+    """{"rows": quarantined rows, "by_reason": {...}, "by_file": {...}}, each row counted once.
+
+    A row is known by its file and its position there (POSITION_COLUMN, set by the reader), not by its
+    request id: null ids and duplicated ids are distinct rows. Blocks cut differently by two passes
+    (the stats pass, an epoch) write the same row to two quarantine files; it counts once. Rows
+    validated outside the reader (no position) are known by (file, request id), nulls each apart.
+    """
     quarantine_dir = Path(quarantine_dir)
     files = sorted(quarantine_dir.glob("*.parquet")) if quarantine_dir.is_dir() else []
     if not files:
         return {"rows": 0, "by_reason": {}, "by_file": {}}
-    tables = [pq.read_table(f, columns=[id_column, REASON_COLUMN, SOURCE_COLUMN]) for f in files]
+    tables = []
+    for path in files:
+        names = pq.read_schema(path).names
+        key = POSITION_COLUMN if POSITION_COLUMN in names else id_column
+        table = pq.read_table(path, columns=[key, REASON_COLUMN, SOURCE_COLUMN])
+        tables.append(table.rename_columns(["_key", REASON_COLUMN, SOURCE_COLUMN]))
     merged = pa.concat_tables(tables, promote_options="permissive")
-    _, first_index = np.unique(_np(merged[id_column], -1), return_index=True)
-    merged = merged.take(pa.array(first_index))
+    keys = merged["_key"].combine_chunks().cast(pa.int64())  # positions and request ids are integers
+    nulls = _np(pc.is_null(keys), False)  # [n]
+    null_rank = np.where(nulls, np.cumsum(nulls), 0)  # [n]: every null its own row
+    _, source_code = np.unique(_np(merged[SOURCE_COLUMN], "?"), return_inverse=True)  # [n]
+    identity = np.stack([source_code, _np(keys, 0), null_rank], axis=1)  # [n, 3]
+    _, first = np.unique(identity, axis=0, return_index=True)
+    merged = merged.take(pa.array(np.sort(first)))
     count = lambda col: {
         str(k): int(v) for k, v in zip(*np.unique(_np(merged[col], "?"), return_counts=True))
     }  # noqa: E731

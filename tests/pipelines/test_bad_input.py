@@ -1,6 +1,7 @@
 """Every bad-input case: a clear error naming file, column and counts, or quarantine with counts."""
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -91,7 +92,37 @@ def test_empty_and_corrupt_files_error_or_skip(tmp_path):
 
     inventory = inspect_logs(tmp_path, [DAY1], tiny_spec(), on_bad_files="skip")
     assert inventory.paths == [str(good)] and inventory.rows == 12
-    assert {s["path"] for s in inventory.skipped} == {str(empty), str(corrupt)}
+    # The empty file has 0 rows; the truncated one's count is unknown (its footer is gone), not 0.
+    assert {s["path"]: s["rows"] for s in inventory.skipped} == {str(empty): 0, str(corrupt): None}
+
+
+def test_hidden_temporary_and_other_files_are_not_data_and_are_listed(tmp_path):
+    good = _write(tmp_path, DAY1, tiny_table(20))
+    hidden = _write(tmp_path, DAY1, tiny_table(20, start_id=100), name=".part-00000.parquet")
+    temporary = _write(tmp_path, DAY1, tiny_table(20, start_id=200), name="_tmp-part-00001.parquet")
+    (good.parent / "_SUCCESS").write_bytes(b"")
+    (good.parent / "notes.csv").write_text("a,b\n")
+    _write(good.parent, DAY1, tiny_table(5, start_id=300))  # a subfolder dt=.../dt=...
+    inventory = inspect_logs(tmp_path, [DAY1], tiny_spec())
+    assert inventory.paths == [str(good)] and inventory.rows == 20
+    reasons = {Path(i["path"]).name: i["reason"] for i in inventory.ignored}
+    assert set(reasons) == {hidden.name, temporary.name, "_SUCCESS", "notes.csv", f"dt={DAY1}"}
+    assert reasons[hidden.name].startswith("hidden or temporary file")
+    assert reasons["notes.csv"] == "not a .parquet file" and reasons[f"dt={DAY1}"].startswith("a folder")
+
+    only_hidden = tmp_path / "other"
+    _write(only_hidden, DAY1, tiny_table(4), name=".part-00000.parquet")
+    with pytest.raises(BadInputError, match="missing date partition.*no .parquet data files"):
+        inspect_logs(only_hidden, [DAY1], tiny_spec())
+
+
+def test_a_finite_float64_beyond_float32_is_a_bad_row():
+    t = tiny_table(6)
+    price = pa.array([1.0, 1e39, 3.0, -1e39, 5.0, 1e30], pa.float64())  # 1e30 fits float32
+    first, reasons = find_bad_rows(_with(t, "price", price, pa.float64()), tiny_spec())
+    assert reasons[first[1]] == "price: |value| beyond float32 range (3.4e38)"
+    assert (first >= 0).sum() == 2  # row 3 fails the float32 check first, before log1p's sign check
+    assert reasons[first[3]] == "price: |value| beyond float32 range (3.4e38)"
 
 
 def test_zero_row_file_is_valid_and_counts_zero(tmp_path):
@@ -201,3 +232,26 @@ def test_quarantine_through_ray_counts_each_bad_row_once(tmp_path, ray_local):
         BadRowsError, match=r"dt=2026-11-18/part-00000.parquet: 3 bad of 200 rows .*price: null, NaN"
     ):
         compute_stats(inventory, spec, DataConfig(on_bad_rows="error"))
+
+
+def test_null_request_ids_are_each_counted_once(tmp_path, ray_local):
+    """Nulls collapse into one distinct id: the count is by row (file and position), not by id."""
+    spec = tiny_spec()
+    table = tiny_table(200, seed=3)
+    ids = table["request_id"].to_pylist()
+    for row in (5, 17, 60, 61, 199):
+        ids[row] = None
+    _write(tmp_path / "logs", DAY1, _with(table, "request_id", ids))
+    inventory = inspect_logs(tmp_path / "logs", [DAY1], spec)
+    data = DataConfig(on_bad_rows="quarantine")
+    quarantine = tmp_path / "quarantine"
+    stats = compute_stats(inventory, spec, data, quarantine)
+    ds = build_dataset(inventory, spec, stats, {"all": SampleSpace()}, data, quarantine)
+    rows = sum(b.num_rows for b in ds.iter_batches(batch_format="pyarrow"))
+    summary = quarantine_summary(quarantine)
+    assert rows == 195 and summary["rows"] == 5 and summary["by_reason"] == {"request_id: null": 5}
+    assert rows + summary["rows"] == inventory.rows
+
+    direct = tmp_path / "direct"  # validated outside the reader: no positions, nulls still apart
+    validate_block(_with(table, "request_id", ids), spec, "quarantine", str(direct), SOURCE)
+    assert quarantine_summary(direct)["rows"] == 5
