@@ -62,6 +62,9 @@ def _row_checks(table: pa.Table, spec: FeatureSpec):
     """Yield (reason, [B] bool) for every check, in order."""
     n = table.num_rows
     yield f"{spec.id_column}: null", _null(table[spec.id_column])
+    if pa.types.is_uint64(table.schema.field(spec.id_column).type):  # ids are int64 from here on
+        ids = _np(table[spec.id_column], 0)  # [B] uint64
+        yield f"{spec.id_column}: id >= 2**63 (does not fit int64)", ids > np.iinfo(np.int64).max
     yield f"{spec.time_column}: null", _null(table[spec.time_column])
     yield f"{spec.group_key}: null", _null(table[spec.group_key])
     for feature in spec.sparse:
@@ -93,8 +96,9 @@ def _row_checks(table: pa.Table, spec: FeatureSpec):
         yield f"{spec.domain_column}: domain null or not in [0, {spec.num_domains})", bad
     labels = {}
     for label in spec.labels:
-        column = table[label]
-        values = _np(column, -1).astype(np.float64, copy=False)
+        # float64 first: -1 (the null fill) does not fit a uint8 or bool label column.
+        column = table[label].cast(pa.float64())
+        values = _np(column, -1.0)
         nulls = _null(column)
         yield f"{label}: null or NaN label", nulls
         outside = ~np.isin(values, (0.0, 1.0))  # [B]; nulls were filled with -1, reported just above
@@ -175,11 +179,12 @@ def quarantine_summary(quarantine_dir: str | Path, id_column: str = "request_id"
         table = pq.read_table(path, columns=[key, REASON_COLUMN, SOURCE_COLUMN])
         tables.append(table.rename_columns(["_key", REASON_COLUMN, SOURCE_COLUMN]))
     merged = pa.concat_tables(tables, promote_options="permissive")
-    keys = merged["_key"].combine_chunks().cast(pa.int64())  # positions and request ids are integers
+    keys = merged["_key"].combine_chunks()  # positions and request ids: integers
     nulls = _np(pc.is_null(keys), False)  # [n]
     null_rank = np.where(nulls, np.cumsum(nulls), 0)  # [n]: every null its own row
     _, source_code = np.unique(_np(merged[SOURCE_COLUMN], "?"), return_inverse=True)  # [n]
-    identity = np.stack([source_code, _np(keys, 0), null_rank], axis=1)  # [n, 3]
+    key_values = _np(keys, 0).astype(np.int64)  # [n]; a uint64 id wraps: still one value per id
+    identity = np.stack([source_code, key_values, null_rank], axis=1)  # [n, 3]
     _, first = np.unique(identity, axis=0, return_index=True)
     merged = merged.take(pa.array(np.sort(first)))
     count = lambda col: {

@@ -146,6 +146,19 @@ def _bad_cases():
             "click: null or NaN label",
             1,
         ),
+        ("uint8 label with nulls", _with(t, "click", [1, None, 1, 1, 0, 1], pa.uint8()), "click: null", 1),
+        (
+            "bool label with nulls",
+            _with(t, "click", [True, None, True, True, False, True], pa.bool_()),
+            "click: null",
+            1,
+        ),
+        (
+            "uint64 request id >= 2**63",
+            _with(t, "request_id", [0, 1, 2**63, 3, 2**64 - 1, 5], pa.uint64()),
+            "request_id: id >= 2**63",
+            2,
+        ),
         ("label 2", _with(t, "click", [1, 0, 2, 1, 0, 1]), "click: label not in {0, 1}", 1),
         (
             "conversion w/o cart",
