@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jobs.cli import run_job
 from mtl_rec.config import SampleSpace, load_feature_spec
 from mtl_rec.config.data import DataConfig
 
@@ -177,4 +178,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

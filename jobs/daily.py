@@ -44,6 +44,7 @@ import os
 import time
 from pathlib import Path
 
+from jobs.cli import run_job
 from jobs.report.gate import (
     DEFAULT_CALIBRATION_BAND,
     DEFAULT_MAX_LOGLOSS_INCREASE,
@@ -239,4 +240,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_job(main)

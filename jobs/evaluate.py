@@ -54,6 +54,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from jobs.cli import run_job
 from jobs.report.compute import ReportSettings, compute_metrics
 from jobs.report.gate import (
     DEFAULT_CALIBRATION_BAND,
@@ -351,4 +352,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job(main)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from jobs.cli import run_job
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.run import RunConfig, load_run_config
@@ -255,4 +256,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

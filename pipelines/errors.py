@@ -21,12 +21,26 @@ def find_bad_input(error: BaseException) -> BadInputError | None:
 
 
 def _strip_ray_frames(message: str) -> str:
-    """Keep the part of a Ray task error's text from our exception's own message on."""
+    """Keep our exception's own message from a Ray task error's text: no frames before it, no Ray
+    advice after it ("Failed to apply UDF transform ...", "The above exception ...")."""
     for name in ("BadRowsError", "BadInputError"):
         marker = f"pipelines.errors.{name}: "
         if marker in message:
-            return message.split(marker, 1)[1].split("\n\nThe above exception", 1)[0]
+            message = message.split(marker, 1)[1]
+            for tail in ("\n\nThe above exception", "\nFailed to apply UDF"):
+                message = message.split(tail, 1)[0]
+            return message.rstrip()
     return message
+
+
+def bad_input_message(error: BaseException) -> str | None:
+    """The project's own text of the BadInputError inside `error` (Ray-wrapped or not), else None."""
+    found = find_bad_input(error)
+    if found is not None:
+        return _strip_ray_frames(str(found))
+    # Without DataContext.raise_original_map_exception Ray raises UserCodeException: ours is text.
+    text = str(error)
+    return _strip_ray_frames(text) if "pipelines.errors.Bad" in text else None
 
 
 class surface_bad_input:
