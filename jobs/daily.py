@@ -32,6 +32,12 @@ New ids. Embedding tables map raw ids by hashing (id_map: hash in the feature sp
 number of rows, so ids first seen today land in rows shared with other ids and train from there:
 no vocabulary to grow, no id rejected; the warm start keeps the promoted model's feature scaling.
 
+Feature spec. Each run saves its resolved spec (RUN_DIR/features.yaml, and in every checkpoint), and
+the promoted model is scored with its own. A day whose spec (--config's features file plus
+--spec-set) is incompatible with the promoted checkpoint's (a dense feature added, a table resized,
+another id map: mtl_rec.config.compat) is refused before training, the error naming each
+difference: such a change needs a cold start (move ROOT/promoted.json aside), not a warm one.
+
 Exit status: 0 when the day ends in a decision (promoted or rejected; the report says why), 1 on errors.
 """
 

@@ -4,12 +4,17 @@
         --train-dates 2026-11-18..2026-11-19 --eval-dates 2026-11-20 --out RUN_DIR \\
         [--set key=value ...] [--address ADDR]
 
+A resume (RUN_DIR holds a checkpoint) trains on the checkpoint's saved spec, and a warm start
+(--init-from) on the resolved one; either is refused before anything starts when the resolved spec
+is incompatible with the checkpoint's saved one, with every difference named (mtl_rec.config.compat).
+
 Without --address it starts a local Ray; with one it joins that cluster. It also runs as
 `ray job submit --working-dir . -- python -m jobs.train ...`.
 
-RUN_DIR gets config.yaml (resolved), feature_stats.json (dense scaling from the training dates),
-plan.json (the sharding plan), checkpoint/ (sharded DCP + plan + config + stats, MANIFEST last),
-quarantine/ (rejected rows, if any) and metrics.json:
+RUN_DIR gets config.yaml (resolved), features.yaml (the resolved feature spec, after --spec-set),
+feature_stats.json (dense scaling from the training dates), plan.json (the sharding plan),
+checkpoint/ (sharded DCP + plan + config + spec + stats, MANIFEST last), quarantine/ (rejected rows,
+if any) and metrics.json:
     {"tasks": {task: {"auc", "logloss", "rows", "positives", "oracle_auc", ...}},
      "train": {"rows", "seconds", "samples_per_s", "history": [...]}, "data": {...}}
 """
@@ -25,7 +30,8 @@ from pathlib import Path
 import yaml
 
 from jobs.cli import run_job
-from mtl_rec.config.features import load_feature_spec
+from mtl_rec.config.compat import check_spec_compatible
+from mtl_rec.config.features import FeatureSpec, load_feature_spec, save_feature_spec, saved_feature_spec
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.run import RunConfig, load_run_config
 from mtl_rec.config.stats import FeatureStats
@@ -67,6 +73,33 @@ def label_priors(inventory, tasks, spec) -> dict[str, float]:
     return priors
 
 
+_WARM_ADVICE = (
+    "Warm-start with the spec the checkpoint was trained on (that file, or the features file and "
+    "--spec-set overrides it was trained with), or train from scratch (no --init-from)"
+)
+_RESUME_ADVICE = (
+    "Resume with the spec the run started with (that file, or the same features file and --spec-set "
+    "overrides), or train the new spec into another --out"
+)
+
+
+def run_spec(resolved: FeatureSpec, resumed: Path | None, init_from: str | Path | None) -> FeatureSpec:
+    """The spec a run trains on: a resumed run's own (saved in its checkpoint), else `resolved`
+    (the config's features file after --spec-set). SpecMismatch where `resolved` is incompatible with
+    the spec saved in the checkpoint being resumed or warm-started from. A checkpoint written before
+    runs saved their spec has none to check against: then the resolved spec, as before."""
+    if resumed is not None:
+        saved = saved_feature_spec(resumed)
+        if saved is None:
+            return resolved
+        check_spec_compatible(saved, resolved, resumed, "resume", _RESUME_ADVICE)
+        return saved  # every field of its own spec, those that may differ too (meta columns, oracle)
+    saved = saved_feature_spec(init_from) if init_from else None
+    if saved is not None:
+        check_spec_compatible(saved, resolved, init_from, "warm start", _WARM_ADVICE)
+    return resolved  # a warm start is a new run: the resolved spec's meta columns, oracle, ...
+
+
 def train(
     cfg: RunConfig,
     logs: str,
@@ -99,9 +132,11 @@ def train(
     from pipelines.validate import quarantine_summary
 
     out = out.resolve()
+    resumed = published_checkpoint(out / "checkpoint")
+    spec = run_spec(load_feature_spec(cfg.features, spec_overrides), resumed, init_from)
     out.mkdir(parents=True, exist_ok=True)
-    spec = load_feature_spec(cfg.features, spec_overrides)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_feature_spec(spec, out)
     train_inventory = inspect_logs(logs, parse_dates(train_dates), spec, cfg.data.on_bad_files)
     eval_inventory = inspect_logs(logs, parse_dates(eval_dates), spec, cfg.data.on_bad_files)
     overlap = {f.date for f in train_inventory.files} & {f.date for f in eval_inventory.files}
@@ -110,7 +145,6 @@ def train(
 
     start_ray(address)
     quarantine = out / "quarantine"
-    resumed = published_checkpoint(out / "checkpoint")
     if resumed is not None and resumed.name != "checkpoint":  # a crash between publish's two renames
         resumed.rename(out / "checkpoint")
     if resumed is not None and (out / "feature_stats.json").is_file():

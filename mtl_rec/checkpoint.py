@@ -5,7 +5,9 @@
                                    (each rank writes its own shards)
       replicated.pt                state identical on every rank, written by rank 0: the dense
                                    optimizer, the data-parallel tables' optimizer, the weighting
-      plan.json  config.yaml  feature_stats.json  data_position.json  ...   (`files`)
+      plan.json  config.yaml  features.yaml  feature_stats.json  data_position.json  ...   (`files`;
+                                   the worker loop writes the resolved feature spec and statistics
+                                   there, so a checkpoint directory describes itself)
       MANIFEST.json                written LAST: its presence means the checkpoint is complete
 
 Every rank writes into RUN_DIR/checkpoint.tmp-<token>/; after a barrier rank 0 writes the manifest,

@@ -25,6 +25,7 @@ import torch
 from ray.train import DataConfig as RayDataConfig
 
 from mtl_rec.batch import Batch
+from mtl_rec.config.features import SPEC_FILE, spec_yaml
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.run import RunConfig
 
@@ -160,9 +161,12 @@ def train_worker(inputs: WorkerInputs) -> None:
         (run_dir / "plan.json").write_text(plan_json)
         print(f"[rank 0] sharding plan ({world} ranks):\n{sharded.plan}", flush=True)
 
+    # Every checkpoint (RUN_DIR/checkpoint, RUN_DIR/best) describes itself: scoring, warm start and
+    # resume read its spec and statistics, never the working copy's features file.
     checkpoint_files = {
         "plan.json": plan_json,
         "config.yaml": _yaml(to_dict(cfg)),
+        SPEC_FILE: spec_yaml(spec),
         "feature_stats.json": json.dumps(to_dict(inputs.stats), indent=2),
     }
     run = RunProgress.start(

@@ -1,10 +1,12 @@
 """Score a run's checkpoint on days of logs: the training pipeline, Ray Train, every row to Parquet.
 
-A run directory is read back as RunArtifacts: the resolved config and feature statistics saved with
-its checkpoint, the checkpoint's world size, and the table shapes stored in the checkpoint itself:
-a run trained with `--spec-set tables.X.num_embeddings=N` records N only there (the ids must be
-hashed into the same rows, so the spec is resized to match), and a table the spec file gained since
-the run trained is dropped with its features (the model is rebuilt as it was trained).
+A run directory is read back as RunArtifacts: the resolved config, feature spec (after the run's
+`--spec-set` overrides) and feature statistics saved with its checkpoint, and the checkpoint's world
+size. The working copy's features file is never read: a spec edited since the run trained (a dense
+feature added, a table resized, another id map) scores the checkpoint exactly as before. A checkpoint
+written before runs saved their spec falls back to the config's features file, fitted to the table
+shapes stored in the checkpoint (`_spec_of_checkpoint`; a changed id map or dense feature goes
+unnoticed there, and load_run says so).
 
 The days then go through the same Ray Data chain as training (pipelines.dataset.build_dataset with
 the run's own statistics and the sample-space masks of its metrics), one dataset per day, split
@@ -38,7 +40,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mtl_rec.config.features import FeatureSpec, TableSpec, load_feature_spec
+from mtl_rec.config.features import (
+    SPEC_FILE,
+    FeatureSpec,
+    TableSpec,
+    load_feature_spec,
+    saved_feature_spec,
+)
 from mtl_rec.config.loader import ConfigError, from_dict
 from mtl_rec.config.run import RunConfig
 from mtl_rec.config.stats import FeatureStats
@@ -53,11 +61,14 @@ class RunArtifacts:
 
     path: Path
     cfg: RunConfig
-    spec: FeatureSpec  # the run's spec, tables sized as in its checkpoint, slice column carried in meta
+    spec: FeatureSpec  # the run's saved spec, slice column carried in meta
     stats: FeatureStats
     world_size: int
     history: tuple[dict, ...]  # metrics.json train.history (loss and weights per logged step)
-    spec_changes: dict  # {"resized": {table: [rows, dim]}, "dropped": [tables]}: the spec made to fit
+    spec_source: str  # the file the spec was read from: the checkpoint's, or (old runs) the config's
+    # old runs only: {"resized": {table: [rows, dim]}, "dropped": [tables]}, the working copy's spec
+    # made to fit the checkpoint; {} for a saved spec
+    spec_changes: dict
 
     @property
     def checkpoint(self) -> Path:
@@ -78,6 +89,7 @@ class RunArtifacts:
             "steps": metrics.get("train", {}).get("steps"),
             "train_dates": metrics.get("data", {}).get("train_dates"),
             "train_rows": metrics.get("train", {}).get("rows"),
+            "spec": self.spec_source,
             "spec_changes": self.spec_changes,
         }
 
@@ -100,8 +112,9 @@ def checkpoint_table_shapes(checkpoint: Path) -> dict[str, list[int]]:
 
 
 def _spec_of_checkpoint(spec: FeatureSpec, checkpoint: Path) -> tuple[FeatureSpec, dict]:
-    """The spec with its tables as the checkpoint stores them: sizes from the checkpoint (spec overrides
-    at training time), and tables the spec gained since (with their features) dropped. Returns the spec
+    """For a checkpoint without a saved spec (written before runs saved theirs): the working copy's
+    spec with its tables as the checkpoint stores them: sizes from the checkpoint (spec overrides at
+    training time), and tables the spec gained since (with their features) dropped. Returns the spec
     and {"resized": {table: [rows, dim]}, "dropped": [tables]}."""
     shapes = checkpoint_table_shapes(checkpoint)
     unknown = sorted(set(shapes) - set(spec.tables))
@@ -124,7 +137,7 @@ def _spec_of_checkpoint(spec: FeatureSpec, checkpoint: Path) -> tuple[FeatureSpe
 
 
 def load_run(run_dir: Path, slice_column: str | None = None) -> RunArtifacts:
-    """Read RUN_DIR (config, statistics, manifest, table shapes) into RunArtifacts; clear errors."""
+    """Read RUN_DIR's checkpoint (config, spec, statistics, manifest) into RunArtifacts; clear errors."""
     run_dir = Path(run_dir).resolve()
     checkpoint = run_dir / "checkpoint"
     manifest_path = checkpoint / "MANIFEST.json"
@@ -138,7 +151,16 @@ def load_run(run_dir: Path, slice_column: str | None = None) -> RunArtifacts:
         cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text()))
     except ConfigError as e:
         raise ConfigError(f"{config_path}: {e}") from e
-    spec, resized = _spec_of_checkpoint(load_feature_spec(cfg.features), checkpoint)
+    spec, source, changes = saved_feature_spec(checkpoint), str(checkpoint / SPEC_FILE), {}
+    if spec is None:
+        print(
+            f"{checkpoint}: no saved feature spec (trained before runs saved theirs): scoring with "
+            f"{cfg.features}, tables sized as in the checkpoint; an id map or dense feature changed "
+            "since training would go unnoticed",
+            flush=True,
+        )
+        spec, changes = _spec_of_checkpoint(load_feature_spec(cfg.features), checkpoint)
+        source = cfg.features
     meta = spec.meta_columns
     if slice_column and slice_column not in (*meta, spec.group_key, spec.time_column):
         meta = (*meta, slice_column)
@@ -151,7 +173,8 @@ def load_run(run_dir: Path, slice_column: str | None = None) -> RunArtifacts:
         stats=FeatureStats.load(checkpoint / "feature_stats.json"),
         world_size=int(manifest.get("world_size", 1)),
         history=tuple(history),
-        spec_changes=resized,
+        spec_source=source,
+        spec_changes=changes,
     )
 
 

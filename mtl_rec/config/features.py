@@ -7,6 +7,13 @@ Example::
     (('user_id', 'item_id'), 13)
     >>> spec.tables["user_id"].num_embeddings
     1000000
+
+A run saves its resolved spec (after `--spec-set` overrides) as RUN_DIR/features.yaml and beside
+every checkpoint; scoring, warm start and resume read it back from there::
+
+    >>> save_feature_spec(spec, run_dir)                  # run_dir / SPEC_FILE
+    >>> saved_feature_spec(run_dir / "checkpoint") == spec
+    True
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml
+import yaml
+
+from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 
 IdMap = Literal["hash", "mod", "identity"]
 Pooling = Literal["sum", "mean"]
@@ -209,3 +218,31 @@ def load_feature_spec(path: str | Path, overrides: tuple[str, ...] = ()) -> Feat
         return from_dict(FeatureSpec, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+SPEC_FILE = "features.yaml"  # the resolved spec's name in RUN_DIR and in every checkpoint directory
+_SPEC_HEADER = (
+    "# The resolved feature spec this run trained on (the config's `features:` file after --spec-set\n"
+    "# overrides), written by jobs.train. Scoring, warm start and resume read it from here, never the\n"
+    "# working copy's file. Read it with mtl_rec.config.load_feature_spec.\n"
+)
+
+
+def spec_yaml(spec: FeatureSpec) -> str:
+    """The spec as YAML that load_feature_spec reads back to an equal FeatureSpec (every field
+    written, defaults included, so a later change of a default cannot change a saved run)."""
+    return _SPEC_HEADER + yaml.safe_dump(to_dict(spec), sort_keys=False, default_flow_style=None, width=120)
+
+
+def save_feature_spec(spec: FeatureSpec, directory: str | Path) -> Path:
+    """Write DIRECTORY/features.yaml (see spec_yaml); returns its path."""
+    path = Path(directory) / SPEC_FILE
+    path.write_text(spec_yaml(spec))
+    return path
+
+
+def saved_feature_spec(directory: str | Path) -> FeatureSpec | None:
+    """The spec saved in DIRECTORY (a run or checkpoint directory), or None where there is none
+    (a checkpoint written before runs saved their spec)."""
+    path = Path(directory) / SPEC_FILE
+    return load_feature_spec(path) if path.is_file() else None

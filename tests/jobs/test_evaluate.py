@@ -25,7 +25,7 @@ def _train_and_evaluate(logs, root):
     settings = ("data.batch_size=1024", "train.log_every=3", "model.params.expert.hidden=[64]")
     run_cfg = load_run_config("jobs/configs/mmoe.yaml", (*settings, "train.max_steps=15"))
     base_cfg = load_run_config("jobs/configs/mmoe.yaml", (*settings, "train.max_steps=1", "train.workers=1"))
-    spec = ("tables.user_id.num_embeddings=50000",)  # recovered from the checkpoint by jobs.evaluate
+    spec = ("tables.user_id.num_embeddings=50000",)  # saved with each run; jobs.evaluate reads it there
     train(run_cfg, str(logs), "2026-11-18", "2026-11-19", root / "run", spec)
     train(base_cfg, str(logs), "2026-11-18", "2026-11-19", root / "base", spec)
     report = evaluate(root / "run", str(logs), DATES, root / "report", baseline=root / "base")
@@ -54,7 +54,7 @@ def test_every_row_is_scored_once_by_both_models(evaluated):
     assert json.loads((out / "report.json").read_text()) == report
     assert report["schema_version"] == 1 and report["gate"] is None
     assert report["run"]["world_size"] == 2 and report["baseline"]["world_size"] == 1
-    assert report["run"]["spec_changes"]["resized"] == {"user_id": [50000, 16]}
+    assert report["run"]["spec_changes"] == {}  # the spec saved with the run (tests/jobs/test_saved_spec.py)
     for day in ("2026-11-18", "2026-11-19"):
         files = sorted((logs / f"dt={day}").glob("*.parquet"))
         in_files = sum(pq.read_metadata(f).num_rows for f in files)
