@@ -106,6 +106,12 @@ def _row_checks(table: pa.Table, spec: FeatureSpec):
         labels[label] = values
     for parent, child in zip(spec.funnel, spec.funnel[1:]):
         yield f"{child}: {child}=1 without {parent}=1 (funnel)", (labels[child] == 1) & (labels[parent] != 1)
+    # The oracle's true probabilities (generated logs): a bad one would make the oracle AUC
+    # meaningless (or crash the exact AUC), so its row is bad like any other.
+    for name in (c for c in table.column_names if c.startswith(spec.truth_prefix)):
+        column = table[name].cast(pa.float64())
+        values = _np(column, -1.0)  # [B]; nulls filled outside [0, 1]
+        yield f"{name}: truth probability null, NaN or outside [0, 1]", ~((values >= 0) & (values <= 1))
 
 
 def find_bad_rows(table: pa.Table, spec: FeatureSpec) -> tuple[np.ndarray, list[str]]:

@@ -182,6 +182,12 @@ def _bad_cases():
             1,
         ),
         (
+            "nan truth",  # sklearn's "Input contains NaN." from the oracle AUC before
+            _with(t, "_truth_p_click", [0.1, np.nan, 0.2, None, 1.5, 0.3], pa.float32()),
+            "_truth_p_click: truth probability null, NaN or outside [0, 1]",
+            3,
+        ),
+        (
             "negative for log1p",
             _with(t, "price", [1.0, -2.0, 3.0, 4.0, 5.0, 6.0]),
             "price: negative value (log1p",
