@@ -67,7 +67,7 @@ from jobs.report.gate import (
     parse_band,
     parse_increase,
 )
-from jobs.report.score import RunArtifacts, load_run, score_run
+from jobs.report.score import RunArtifacts, load_run, score_runs
 from jobs.report.store import PredictionStore, merge_scores
 
 SCHEMA_VERSION = 1
@@ -207,11 +207,10 @@ def evaluate(
     for stale in ("predictions", "plots"):
         shutil.rmtree(out / stale, ignore_errors=True)
     split = HoldoutSplit(holdout, "holdout", run.spec.id_column) if holdout else None
-    run_scores = score_run(run, inventories["run"], out / "scores", buckets, slice_column, split)
-    base_scores = None
+    models = [(run, inventories["run"])] + ([(base, inventories["baseline"])] if base is not None else [])
+    run_scores, base_scores = [*score_runs(models, out / "scores", buckets, slice_column, split), None][:2]
     shared, not_compared = [], []
     if base is not None:
-        base_scores = score_run(base, inventories["baseline"], out / "scores", buckets, slice_column, split)
         base_targets = {t.name: t for t in base.targets}
         for target in run.targets:
             ok = target.name in base_targets and _same_target(target, base_targets[target.name])

@@ -21,10 +21,11 @@ from pathlib import Path
 from mtl_rec.config import FeatureSpec, FeatureStats, SampleSpace
 from mtl_rec.config.data import DataConfig
 from pipelines.collate import BatchLayout, collate
-from pipelines.errors import surface_bad_input
+from pipelines.errors import BadInputError, surface_bad_input
 from pipelines.prepare import moments_block, prepare_block
 from pipelines.read import LogInventory, read_logs
 from pipelines.transform import reduce_moments
+from pipelines.validate import quarantine_summary
 
 
 def configure_ray_data() -> None:
@@ -57,7 +58,17 @@ def compute_stats(
     )
     with surface_bad_input():
         rows = ds.take_all()
-    return reduce_moments(rows, spec, dates=sorted({f.date.isoformat() for f in inventory.files}))
+    dates = sorted({f.date.isoformat() for f in inventory.files})
+    stats = reduce_moments(rows, spec, dates=dates)
+    if stats.rows == 0:  # nothing to scale by or train on: stop before Ray Train starts
+        set_aside = quarantine_summary(quarantine_dir, spec.id_column) if quarantine_dir else {}
+        reasons = "; ".join(f"{r}: {n} rows" for r, n in set_aside.get("by_reason", {}).items())
+        raise BadInputError(
+            f"{', '.join(dates) or 'no dates'}: no valid rows to train on: {inventory.rows} rows in "
+            f"{len(inventory.files)} files, {set_aside.get('rows', 0)} set aside"
+            + (f" ({reasons})" if reasons else "")
+        )
+    return stats
 
 
 def read_task_cap(data: DataConfig) -> int | None:

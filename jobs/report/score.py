@@ -9,8 +9,8 @@ shapes stored in the checkpoint (`_spec_of_checkpoint`; a changed id map or dens
 unnoticed there, and load_run says so).
 
 The days then go through the same Ray Data chain as training (pipelines.dataset.build_dataset with
-the run's own statistics and the sample-space masks of its metrics), one dataset per day, split
-across a TorchTrainer of the checkpoint's world size with mtl_rec.train.NoDropDataConfig
+the run's own statistics and the sample-space masks of its metrics), one dataset per model and day,
+split across a TorchTrainer of the checkpoint's world size with mtl_rec.train.NoDropDataConfig
 (equal=False: no row lost). Each worker shards the model with the checkpoint's sharding types
 (plan.json), loads the checkpoint, and walks its shard in lockstep with padding batches under
 torch.no_grad.
@@ -23,8 +23,8 @@ group's rows (over all days) land in the same bucket: GAUC is then computed buck
 Example::
 
     >>> run = load_run(Path("runs/mmoe"), slice_column="device")
-    >>> score_run(run, inventories, Path("out/scores"), buckets=1, slice_column="device")
-    PosixPath('out/scores/3f2a9c0d1e4b5a67')
+    >>> score_runs([(run, inventories)], Path("out/scores"), buckets=1, slice_column="device")
+    [PosixPath('out/scores/3f2a9c0d1e4b5a67')]
 """
 
 from __future__ import annotations
@@ -179,29 +179,40 @@ def load_run(run_dir: Path, slice_column: str | None = None) -> RunArtifacts:
 
 
 @dataclass(frozen=True)
-class ScoreInputs:
-    """What every scoring worker gets (picklable, sent once)."""
+class ModelScoring:
+    """One model to score in a scoring run: its artefacts, batch layout, days and output directory."""
 
     run: RunArtifacts
     layout: object  # pipelines.collate.BatchLayout
     days: tuple[str, ...]
     out_dir: str
+
+    def dataset(self, day: str) -> str:
+        """The name of this model's dataset of `day` among the scoring run's datasets."""
+        return f"{Path(self.out_dir).name}-{day}"  # the score key: unique per model and rows
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What every scoring worker gets (picklable, sent once): the models, scored one after another."""
+
+    models: tuple[ModelScoring, ...]
     buckets: int
     slice_column: str | None
 
 
-def _batch_columns(batch, outputs, inputs: ScoreInputs) -> dict[str, np.ndarray]:
+def _batch_columns(batch, outputs, run: RunArtifacts, slice_column: str | None) -> dict[str, np.ndarray]:
     """One real batch -> {column: [B] numpy} (see module doc for the columns)."""
-    spec = inputs.run.spec
+    spec = run.spec
     cpu = lambda t: t.detach().to("cpu").numpy()  # noqa: E731  [B] tensor -> [B] numpy
     columns = {"id": cpu(batch.ids), "group": cpu(batch.meta[spec.group_key]).astype(np.int64)}
-    if inputs.slice_column:
-        columns["slice"] = cpu(batch.meta[inputs.slice_column]).astype(np.int64)
+    if slice_column:
+        columns["slice"] = cpu(batch.meta[slice_column]).astype(np.int64)
     for label, values in batch.labels.items():
         columns[f"label.{label}"] = cpu(values).astype(np.int8)
     for space, mask in batch.masks.items():
         columns[f"mask.{space}"] = cpu(mask)
-    for target in inputs.run.targets:
+    for target in run.targets:
         columns[f"pred.{target.name}"] = cpu(target.predictions(outputs).float())
         if target.oracle_column and target.oracle_column in batch.meta:
             columns[f"truth.{target.oracle_column}"] = cpu(batch.meta[target.oracle_column].float())
@@ -239,7 +250,8 @@ class _BucketWriters:
 
 
 def score_worker(inputs: ScoreInputs) -> None:
-    """Ray Train's train_loop_per_worker: load the checkpoint, score every row of every day."""
+    """Ray Train's train_loop_per_worker: for each model, load its checkpoint and score every row of
+    every day; one model in memory at a time."""
     import ray.train
     import torch
 
@@ -250,36 +262,37 @@ def score_worker(inputs: ScoreInputs) -> None:
     from mtl_rec.train import lockstep, padding_batch
     from pipelines.dataset import iter_batches
 
-    run, layout = inputs.run, inputs.layout
-    cfg = run.cfg
-    torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world_size(), 1)))
     device = torch.device(
         f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
     )
-    pinned = (
-        plan_types((run.checkpoint / "plan.json").read_text())
-        if (run.checkpoint / "plan.json").is_file()
-        else None
-    )
-    sharded = shard_model(MultiTaskModel(run.spec, cfg.model, cfg.tasks), cfg, device, pinned_types=pinned)
-    load_checkpoint(sharded.model, run.checkpoint, weights_only=True)  # DCP reshards if the plan moved tables
-    model = sharded.model
-    model.eval()
-    padding = padding_batch(layout, run.spec).to(device)
-    rows = {}
-    with torch.no_grad():  # not inference_mode: gloo collectives fail inside it
-        for day in inputs.days:
-            writers = _BucketWriters(Path(inputs.out_dir) / day, rank(), inputs.buckets)
-            shard = ray.train.get_dataset_shard(day)
-            batches = iter_batches(shard, layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
-            for batch, real, _ in lockstep(batches, padding):
-                batch = batch.to(device, non_blocking=True) if real else batch
-                outputs = model(batch)  # every rank runs the forward: DMP's all-to-alls need all ranks
-                if real:
-                    writers.write(_batch_columns(batch, outputs, inputs))
-            writers.close()
-            rows[day] = writers.rows
-    ray.train.report({"rows": sum(rows.values())})
+    rows = 0
+    for scoring in inputs.models:
+        run, layout = scoring.run, scoring.layout
+        cfg = run.cfg
+        threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world_size(), 1))
+        torch.set_num_threads(threads)
+        plan_path = run.checkpoint / "plan.json"
+        pinned = plan_types(plan_path.read_text()) if plan_path.is_file() else None
+        module = MultiTaskModel(run.spec, cfg.model, cfg.tasks)
+        sharded = shard_model(module, cfg, device, pinned_types=pinned)
+        load_checkpoint(sharded.model, run.checkpoint, weights_only=True)  # DCP reshards if tables moved
+        model = sharded.model
+        model.eval()
+        padding = padding_batch(layout, run.spec).to(device)
+        with torch.no_grad():  # not inference_mode: gloo collectives fail inside it
+            for day in scoring.days:
+                writers = _BucketWriters(Path(scoring.out_dir) / day, rank(), inputs.buckets)
+                shard = ray.train.get_dataset_shard(scoring.dataset(day))
+                batches = iter_batches(shard, layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
+                for batch, real, _ in lockstep(batches, padding):
+                    batch = batch.to(device, non_blocking=True) if real else batch
+                    outputs = model(batch)  # every rank runs the forward: DMP's all-to-alls need all ranks
+                    if real:
+                        writers.write(_batch_columns(batch, outputs, run, inputs.slice_column))
+                writers.close()
+                rows += writers.rows
+        del model, sharded, module
+    ray.train.report({"rows": rows})
 
 
 def score_key(
@@ -298,18 +311,38 @@ def score_key(
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def score_run(
-    run: RunArtifacts,
-    inventories: dict,
+def score_runs(
+    models: list[tuple[RunArtifacts, dict]],
     scores_root: Path,
     buckets: int,
     slice_column: str | None,
     split=None,
-) -> Path:
-    """Score every day of `inventories` ({day: LogInventory}) with the run's checkpoint (see module doc)
-    into SCORES_ROOT/<score_key>/, unless a finished scoring (SCORED.json) is already there. Returns
-    that directory; its quarantine/ holds rows validation set aside. `split` (pipelines.split.HoldoutSplit):
-    score only that side of the hold-out."""
+) -> list[Path]:
+    """Score each (run, inventories) pair ({day: LogInventory}) with the run's checkpoint (see module
+    doc) into SCORES_ROOT/<score_key>/, unless a finished scoring (SCORED.json) is already there.
+    Returns those directories, in order; each one's quarantine/ holds rows validation set aside.
+    `split` (pipelines.split.HoldoutSplit): score only that side of the hold-out.
+
+    Models of the same world size (a daily candidate and the promoted model) are scored in one Ray
+    Train run, one after the other: Ray Train's start-up (~25 s on 2 cores) is paid once."""
+    out_dirs = [scores_root / score_key(run, inv, buckets, slice_column, split) for run, inv in models]
+    pending: dict[tuple[int, float], list[ModelScoring]] = {}
+    queued: set[str] = set()  # a model compared with itself is scored once
+    for (run, inventories), out_dir in zip(models, out_dirs, strict=True):
+        if (out_dir / SCORED).is_file() or str(out_dir) in queued:
+            continue
+        queued.add(str(out_dir))
+        shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted scoring
+        group = pending.setdefault((run.world_size, run.cfg.train.cpus_per_worker), [])
+        group.append(ModelScoring(run, None, tuple(inventories), str(out_dir)))
+    inventories_of = {str(out_dir): inv for (_, inv), out_dir in zip(models, out_dirs, strict=True)}
+    for (workers, cpus), group in pending.items():
+        _score_group(group, inventories_of, workers, cpus, scores_root, buckets, slice_column, split)
+    return out_dirs
+
+
+def _score_group(group, inventories_of, workers, cpus, scores_root, buckets, slice_column, split) -> None:
+    """One TorchTrainer of `workers` workers scoring every model of `group`; SCORED.json per model."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -317,31 +350,30 @@ def score_run(
     from mtl_rec.train import NoDropDataConfig
     from pipelines.dataset import build_dataset, layout_for
 
-    out_dir = scores_root / score_key(run, inventories, buckets, slice_column, split)
-    if (out_dir / SCORED).is_file():
-        return out_dir
-    shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted scoring
-    quarantine_dir = out_dir / "quarantine"
-    spaces = required_spaces(run.cfg.tasks, run.spec)
-    datasets = {
-        day: build_dataset(inventory, run.spec, run.stats, spaces, run.cfg.data, quarantine_dir, split=split)
-        for day, inventory in inventories.items()
-    }
-    layout = layout_for(run.spec, spaces, next(iter(inventories.values())))
+    datasets, models = {}, []
+    for scoring in group:
+        run, inventories = scoring.run, inventories_of[scoring.out_dir]
+        quarantine_dir = Path(scoring.out_dir) / "quarantine"
+        spaces = required_spaces(run.cfg.tasks, run.spec)
+        for day, inventory in inventories.items():
+            datasets[scoring.dataset(day)] = build_dataset(
+                inventory, run.spec, run.stats, spaces, run.cfg.data, quarantine_dir, split=split
+            )
+        layout = layout_for(run.spec, spaces, next(iter(inventories.values())))
+        models.append(dataclasses.replace(scoring, layout=layout))
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0  # the cluster's, not the driver's
     trainer = TorchTrainer(
         score_worker,
-        train_loop_config=ScoreInputs(run, layout, tuple(inventories), str(out_dir), buckets, slice_column),
+        train_loop_config=ScoreInputs(tuple(models), buckets, slice_column),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=run.world_size,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": run.cfg.train.cpus_per_worker},
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
         ),
         datasets=datasets,
         dataset_config=NoDropDataConfig(),
         run_config=ray.train.RunConfig(name="score", storage_path=str(scores_root / "ray")),
     )
     trainer.fit()
-    (out_dir / SCORED).write_text(json.dumps({"run": str(run.path), "days": list(inventories)}))
-    return out_dir
+    for scoring in models:
+        days = list(scoring.days)
+        Path(scoring.out_dir, SCORED).write_text(json.dumps({"run": str(scoring.run.path), "days": days}))

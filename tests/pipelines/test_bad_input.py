@@ -274,3 +274,17 @@ def test_null_request_ids_are_each_counted_once(tmp_path, ray_local):
     direct = tmp_path / "direct"  # validated outside the reader: no positions, nulls still apart
     validate_block(_with(table, "request_id", ids), spec, "quarantine", str(direct), SOURCE)
     assert quarantine_summary(direct)["rows"] == 5
+
+
+def test_a_training_set_with_every_row_set_aside_is_an_error_naming_the_counts(tmp_path, ray_local):
+    """A day whose labels are all null: stats over no row (and a run training nothing) were possible."""
+    spec = tiny_spec()
+    table = tiny_table(200, seed=4)
+    _write(tmp_path / "logs", DAY1, _with(table, "click", [None] * 200, pa.int8()))
+    inventory = inspect_logs(tmp_path / "logs", [DAY1], spec)
+    with pytest.raises(BadInputError) as info:
+        compute_stats(inventory, spec, DataConfig(on_bad_rows="quarantine"), tmp_path / "quarantine")
+    assert str(info.value) == (
+        f"{DAY1}: no valid rows to train on: 200 rows in 1 files, 200 set aside "
+        "(click: null or NaN label: 200 rows)"
+    )
