@@ -326,23 +326,20 @@ def score_runs(
     Models of the same world size (a daily candidate and the promoted model) are scored in one Ray
     Train run, one after the other: Ray Train's start-up (~25 s on 2 cores) is paid once."""
     out_dirs = [scores_root / score_key(run, inv, buckets, slice_column, split) for run, inv in models]
-    pending: dict[tuple[int, float], list[ModelScoring]] = {}
-    queued: set[str] = set()  # a model compared with itself is scored once
+    pending: dict[tuple[int, float], dict[Path, tuple]] = {}  # a model compared with itself: once
     for (run, inventories), out_dir in zip(models, out_dirs, strict=True):
-        if (out_dir / SCORED).is_file() or str(out_dir) in queued:
-            continue
-        queued.add(str(out_dir))
-        shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted scoring
-        group = pending.setdefault((run.world_size, run.cfg.train.cpus_per_worker), [])
-        group.append(ModelScoring(run, None, tuple(inventories), str(out_dir)))
-    inventories_of = {str(out_dir): inv for (_, inv), out_dir in zip(models, out_dirs, strict=True)}
+        if not (out_dir / SCORED).is_file():
+            shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted scoring
+            group = pending.setdefault((run.world_size, run.cfg.train.cpus_per_worker), {})
+            group[out_dir] = (run, inventories)
     for (workers, cpus), group in pending.items():
-        _score_group(group, inventories_of, workers, cpus, scores_root, buckets, slice_column, split)
+        _score_group(group, workers, cpus, scores_root, buckets, slice_column, split)
     return out_dirs
 
 
-def _score_group(group, inventories_of, workers, cpus, scores_root, buckets, slice_column, split) -> None:
-    """One TorchTrainer of `workers` workers scoring every model of `group`; SCORED.json per model."""
+def _score_group(group: dict, workers, cpus, scores_root, buckets, slice_column, split) -> None:
+    """One TorchTrainer of `workers` workers scoring every model of `group` ({out_dir: (run,
+    inventories)}), one after the other; SCORED.json per model."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -351,16 +348,15 @@ def _score_group(group, inventories_of, workers, cpus, scores_root, buckets, sli
     from pipelines.dataset import build_dataset, layout_for
 
     datasets, models = {}, []
-    for scoring in group:
-        run, inventories = scoring.run, inventories_of[scoring.out_dir]
-        quarantine_dir = Path(scoring.out_dir) / "quarantine"
+    for out_dir, (run, inventories) in group.items():
         spaces = required_spaces(run.cfg.tasks, run.spec)
+        layout = layout_for(run.spec, spaces, next(iter(inventories.values())))
+        scoring = ModelScoring(run, layout, tuple(inventories), str(out_dir))
         for day, inventory in inventories.items():
             datasets[scoring.dataset(day)] = build_dataset(
-                inventory, run.spec, run.stats, spaces, run.cfg.data, quarantine_dir, split=split
+                inventory, run.spec, run.stats, spaces, run.cfg.data, out_dir / "quarantine", split=split
             )
-        layout = layout_for(run.spec, spaces, next(iter(inventories.values())))
-        models.append(dataclasses.replace(scoring, layout=layout))
+        models.append(scoring)
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0  # the cluster's, not the driver's
     trainer = TorchTrainer(
         score_worker,
