@@ -8,8 +8,12 @@
 
 hist_gbdt: scikit-learn's HistGradientBoostingClassifier on the raw columns, default settings (ids
            are numbers to it, as they are to a user who points it at the table).
-logreg:    logistic regression on one-hot ids (ids seen fewer than 5 times on the training days
-           share one "rare" column, so unseen ids have a column too) and standardised dense values.
+logreg:    L2 logistic regression on one-hot ids (ids seen fewer than 5 times on the training days
+           share one "rare" column, so unseen ids have a column too) and standardised dense values;
+           its inverse strength C is chosen per target on a seeded 10% hold-out of the training
+           rows (log loss over LOGREG_C), then the model is refit on every training row: the
+           tuning a user does first. sklearn's default C=1 is ~20x too weak for 200k rows of
+           one-hot ids and cost 0.027 ctr AUC on the generated logs.
 
 Example::
 
@@ -36,6 +40,8 @@ from pipelines.transform import dense_matrix
 from pipelines.validate import validate_block
 
 RARE_ID_COUNT = 5  # logreg: ids seen fewer times than this on the training days share one column
+LOGREG_C = (0.01, 0.03, 0.1, 0.3, 1.0)  # logreg: the inverse L2 strengths tried on the hold-out
+HOLDOUT_FRACTION = 0.1
 
 
 @dataclass
@@ -112,9 +118,8 @@ def hist_gbdt(frames: Frames, targets: Sequence[EvalTarget], spec: FeatureSpec, 
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     x_train, x_eval = _gbdt_matrix(frames.train, spec), _gbdt_matrix(frames.eval, spec)
-    return _fit_each(
-        frames, targets, x_train, x_eval, lambda: HistGradientBoostingClassifier(random_state=seed)
-    )
+    fit = lambda x, y: HistGradientBoostingClassifier(random_state=seed).fit(x, y)  # noqa: E731
+    return _fit_each(frames, targets, x_train, x_eval, fit)
 
 
 def _one_hot(train: Frame, evaluation: Frame, spec: FeatureSpec) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -143,22 +148,34 @@ def _one_hot(train: Frame, evaluation: Frame, spec: FeatureSpec) -> tuple[sp.csr
     return assemble(train, blocks_train), assemble(evaluation, blocks_eval)
 
 
-def logreg(frames: Frames, targets: Sequence[EvalTarget], spec: FeatureSpec) -> dict:
-    """{target: metrics, ...} for L2 logistic regression on one-hot ids + standardised dense."""
+def logreg(frames: Frames, targets: Sequence[EvalTarget], spec: FeatureSpec, seed: int = 0) -> dict:
+    """{target: metrics, ...} for L2 logistic regression on one-hot ids + standardised dense, C tuned."""
     from sklearn.linear_model import LogisticRegression
 
     x_train, x_eval = _one_hot(frames.train, frames.eval, spec)
-    return _fit_each(frames, targets, x_train, x_eval, lambda: LogisticRegression(max_iter=300))
+
+    def tuned(x: sp.csr_matrix, y: np.ndarray) -> LogisticRegression:
+        holdout = np.random.default_rng(seed).random(len(y)) < HOLDOUT_FRACTION  # [n] bool
+        losses = []
+        for c in LOGREG_C:
+            model = LogisticRegression(C=c, max_iter=300).fit(x[~holdout], y[~holdout])
+            p = np.clip(model.predict_proba(x[holdout])[:, 1], 1e-7, 1 - 1e-7)  # [n_holdout]
+            losses.append(-np.mean(y[holdout] * np.log(p) + (1 - y[holdout]) * np.log1p(-p)))
+        best = LOGREG_C[int(np.argmin(losses))]
+        return LogisticRegression(C=best, max_iter=300).fit(x, y)
+
+    return _fit_each(frames, targets, x_train, x_eval, tuned)
 
 
-def _fit_each(frames: Frames, targets, x_train, x_eval, make_model) -> dict:
+def _fit_each(frames: Frames, targets, x_train, x_eval, fit) -> dict:
+    """fit(x [n, F], y [n]) -> a fitted classifier, per target over its sample space."""
     results: dict = {}
     start = time.perf_counter()
     trained_rows = 0
     for target in targets:
         train_space, eval_space = _in_space(frames.train, target), _in_space(frames.eval, target)
         y = frames.train.columns[target.label][train_space].astype(np.int64)  # [n_train]
-        model = make_model().fit(x_train[train_space], y)
+        model = fit(x_train[train_space], y)
         probs = model.predict_proba(x_eval[eval_space])[:, 1]  # [n_eval]
         results[target.name] = score(target, frames.eval, eval_space, probs)
         trained_rows += int(train_space.sum())

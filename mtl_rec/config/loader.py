@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,9 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 T = TypeVar("T")
+# A number in exponent form without a dot (1e-3, 5E+2): YAML 1.2 and every user read it as a float,
+# PyYAML's YAML 1.1 as a string.
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -110,6 +114,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             _convert(key_type, k, where): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()
         }
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
+            value = float(value)  # PyYAML reads YAML 1.1, where 1e-3 (no dot) is a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -2,6 +2,7 @@
 the runs' own metrics.json."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,7 +45,7 @@ def tiny_base(tmp_path):
 def test_parameter_counts_equal_a_hand_count(tiny_base):
     # tables user 1000 x 4, cat 50 x 4, dev 3 x 4; input = 4 pooled features x 4 + dense_arch's 4 = 20
     embedding = 1000 * 4 + 50 * 4 + 3 * 4
-    dense_arch = 2 * 4 + 4  # 2 dense features -> 4 (the presets' [128, 64] overridden)
+    dense_arch = 2 * 4 + 4  # 2 dense features -> 4 (the presets' own dense_arch overridden)
     small = "model.dense_arch={hidden: [4]}"
     cfg, _ = arch_config("shared_bottom", tiny_base, [small, "model.params={bottom: {hidden: [8]}}"])
     towers = 2 * ((8 * 3 + 3) + (3 + 1))  # per task: 8 -> 3 -> logit
@@ -72,7 +73,8 @@ def test_arch_configs_take_the_preset_model_or_the_default_params():
     assert star.train.max_steps == 7
     omoe, preset = arch_config("omoe", BASE, [])  # no omoe.yaml: the base model with its arch replaced
     assert preset is None and omoe.model.arch == "omoe" and omoe.model.params == {}
-    assert omoe.model.dense_arch.hidden == (128, 64) and [t.name for t in omoe.tasks] == [
+    base_dense_arch = yaml.safe_load(Path(BASE).read_text())["model"]["dense_arch"]["hidden"]  # kept
+    assert omoe.model.dense_arch.hidden == tuple(base_dense_arch) and [t.name for t in omoe.tasks] == [
         "ctr",
         "cvr",
         "cart",

@@ -73,6 +73,18 @@ def test_loader_types_and_overrides():
         from_dict(Outer, {})
 
 
+@pytest.mark.parametrize("raw, value", [("1e-3", 1e-3), ("5E+2", 500.0), ("-2.5e-4", -2.5e-4), ("3", 3.0)])
+def test_a_float_written_in_exponent_form_is_a_number(raw, value):
+    # PyYAML (YAML 1.1) reads 1e-3 as the string '1e-3'; a user means the number.
+    @dataclass(frozen=True)
+    class Opt:
+        lr: float = 0.1
+
+    assert from_dict(Opt, apply_overrides({}, [f"lr={raw}"])) == Opt(value)
+    with pytest.raises(ConfigError, match="lr: expected a number, got '1e-3x'"):
+        from_dict(Opt, {"lr": "1e-3x"})
+
+
 def test_sample_space_masks():
     labels = {"click": np.array([1, 1, 0, 1]), "cart": np.array([0, 1, 0, 1])}
     assert SampleSpace.parse("all").mask(labels).all()
