@@ -44,7 +44,7 @@ def check_logs(
 
     spec = load_feature_spec(spec_path)
     days = parse_dates(dates)
-    inventory = inspect_logs(logs, days, spec, data.on_bad_files)
+    inventory = inspect_logs(logs, days, spec, data.on_bad_files, data.on_bad_rows, data.check_duplicate_ids)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -104,6 +104,7 @@ def check_logs(
         "dense_stats": {k: vars(v) for k, v in stats.features.items()},
         "skipped_files": inventory.skipped,
         "ignored_files": inventory.ignored,
+        "duplicate_ids": {"checked": inventory.ids.checked, "by_file": inventory.ids.by_file},
         "quarantine": quarantine_summary(quarantine, spec.id_column),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +150,13 @@ def to_markdown(report: dict) -> str:
         ]
     for reason, count in report["quarantine"]["by_reason"].items():
         lines.append(f"- quarantined: {reason}: {count:,} rows")
+    for repeat in report["duplicate_ids"]["by_file"]:
+        lines.append(
+            f"- duplicate ids in {repeat['path']}: {repeat['rows']:,} rows repeat ids first seen in "
+            f"{repeat['first_seen_in']}"
+        )
+    if not report["duplicate_ids"]["checked"]:
+        lines.append("- request ids not audited for duplicates (data.check_duplicate_ids: false)")
     for skipped in report["skipped_files"]:
         rows = "rows unknown" if skipped["rows"] is None else f"{skipped['rows']:,} rows"
         lines.append(f"- skipped file {skipped['path']} ({rows}): {skipped['reason']}")

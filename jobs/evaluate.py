@@ -77,7 +77,13 @@ def _inventories(run: RunArtifacts, logs: str, days: list[dt.date]) -> dict:
     """{day: LogInventory} with the run's spec (footers checked)."""
     from pipelines.read import inspect_logs
 
-    return {d.isoformat(): inspect_logs(logs, [d], run.spec, run.cfg.data.on_bad_files) for d in days}
+    data = run.cfg.data
+    return {
+        d.isoformat(): inspect_logs(
+            logs, [d], run.spec, data.on_bad_files, data.on_bad_rows, data.check_duplicate_ids
+        )
+        for d in days
+    }
 
 
 def _check_slice_column(inventories: dict, column: str | None) -> None:

@@ -127,6 +127,8 @@ def train(
     from mtl_rec.metrics import required_spaces
     from mtl_rec.train import NoDropDataConfig, WorkerInputs, train_worker
     from pipelines.dataset import build_dataset, compute_stats, layout_for
+    from pipelines.errors import BadInputError
+    from pipelines.ids import shared_ids
     from pipelines.read import inspect_logs, parse_dates
     from pipelines.split import VALIDATION_SALT, HoldoutSplit, combine
     from pipelines.validate import quarantine_summary
@@ -137,11 +139,26 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     save_feature_spec(spec, out)
-    train_inventory = inspect_logs(logs, parse_dates(train_dates), spec, cfg.data.on_bad_files)
-    eval_inventory = inspect_logs(logs, parse_dates(eval_dates), spec, cfg.data.on_bad_files)
+    inspect = partial(
+        inspect_logs,
+        logs,
+        spec=spec,
+        on_bad_files=cfg.data.on_bad_files,
+        on_bad_rows=cfg.data.on_bad_rows,
+        check_ids=cfg.data.check_duplicate_ids,
+    )
+    train_inventory = inspect(parse_dates(train_dates))
+    eval_inventory = inspect(parse_dates(eval_dates), like=train_inventory)  # no type drift between them
+    if eval_inventory.rows == 0:
+        raise BadInputError(
+            f"eval dates {eval_dates}: no rows to score: {len(eval_inventory.files)} files of 0 rows "
+            f"({', '.join(f.path for f in eval_inventory.files[:3])})"
+        )
     overlap = {f.date for f in train_inventory.files} & {f.date for f in eval_inventory.files}
     if overlap and holdout is None:
         raise ValueError(f"train and eval dates overlap: {sorted(str(d) for d in overlap)}")
+    if holdout is None:  # a hold-out splits one day's ids in two: they are disjoint by construction
+        shared_ids(train_inventory, eval_inventory, spec.id_column)
 
     start_ray(address)
     quarantine = out / "quarantine"
@@ -223,6 +240,11 @@ def train(
         "quarantine": quarantine_summary(quarantine, spec.id_column),
         "skipped_files": train_inventory.skipped + eval_inventory.skipped,
         "ignored_files": train_inventory.ignored + eval_inventory.ignored,  # in day folders, not data
+        "duplicate_ids": {  # repeats of an earlier row's id: set aside (quarantine) under their reason
+            "checked": train_inventory.ids.checked,
+            "train": train_inventory.ids.by_file,
+            "eval": eval_inventory.ids.by_file,
+        },
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from mtl_rec.config import FeatureSpec
 from mtl_rec.data_position import POSITION_COLUMN, DataPosition, contains, encode_positions
 from pipelines.errors import BadInputError
+from pipelines.ids import DUPLICATE_COLUMN, PARTITION_DAY_COLUMN, IdAudit, audit_ids, duplicates_error
 
 
 def parse_dates(text: str | Sequence[str]) -> list[dt.date]:
@@ -67,6 +68,9 @@ class LogInventory:
     truth_columns: list[str]
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason", "rows"}
     ignored: list[dict] = field(default_factory=list)  # {"path", "reason"}: in a day folder, not data
+    ids: IdAudit = field(default_factory=lambda: IdAudit(checked=False))  # duplicates (pipelines.ids)
+    # column -> (type, first file that had it): what a later inventory must match (inspect_logs' like=)
+    types: dict = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -166,9 +170,20 @@ def _read_footer(path: str) -> tuple[pa.Schema | None, int, str | None]:
 
 
 def inspect_logs(
-    logs_dir: str | Path, dates: Sequence[dt.date], spec: FeatureSpec, on_bad_files: str = "error"
+    logs_dir: str | Path,
+    dates: Sequence[dt.date],
+    spec: FeatureSpec,
+    on_bad_files: str = "error",
+    on_bad_rows: str = "error",
+    check_ids: bool = True,
+    like: LogInventory | None = None,
 ) -> LogInventory:
-    """Check every file's footer against the spec and against each other (drift); see module doc."""
+    """Check every file's footer against the spec and against each other (drift); see module doc.
+
+    check_ids: audit the request ids (pipelines.ids): under on_bad_rows=error a duplicate stops the
+    job here, naming the files; under quarantine the repeats are set aside when read.
+    like: an inventory (the training days') whose column types these files must have too: a type
+    that drifts between the days trained on and the days scored is a bad file like any other."""
     ignored: list[dict] = []
     candidates = list_partitions(logs_dir, dates, spec.date_column, ignored)
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -176,7 +191,7 @@ def inspect_logs(
 
     expected = _expected_kind(spec)
     files, skipped, problems = [], [], []
-    reference: dict[str, tuple[pa.DataType, str]] = {}  # column -> (type, first file that had it)
+    reference: dict[str, tuple[pa.DataType, str]] = dict(like.types) if like else {}
     truth: list[str] | None = None
     for candidate, (schema, rows, problem) in zip(candidates, footers):
         if problem is None:
@@ -209,7 +224,10 @@ def inspect_logs(
             f"no usable log files for {', '.join(d.isoformat() for d in dates)} under {logs_dir}"
         )
     truth = truth or []
-    return LogInventory(files, spec.input_columns() + truth, truth, skipped, ignored)
+    audit = audit_ids(files, spec.id_column) if check_ids else IdAudit(checked=False)
+    if audit.duplicate_rows and on_bad_rows == "error":
+        raise duplicates_error(audit, spec.id_column)
+    return LogInventory(files, spec.input_columns() + truth, truth, skipped, ignored, audit, reference)
 
 
 def _schema_problem(schema: pa.Schema, expected: dict[str, str], reference: dict, path: str) -> str | None:
@@ -233,6 +251,25 @@ def read_file_blocks(path: str, columns: list[str], rows_per_block: int) -> Iter
         yield pa.Table.from_batches([record_batch])
 
 
+def _readable_blocks(path: str, columns: list[str], rows_per_block: int) -> Iterator[pa.Table]:
+    """read_file_blocks, where a data page that cannot be decoded behind an intact footer (a torn
+    copy, a flipped bit under compression) is a BadInputError naming the file and how far it got,
+    instead of a bare "OSError: ZSTD decompression failed" from inside a Ray task."""
+    blocks, rows = read_file_blocks(path, columns, rows_per_block), 0
+    while True:
+        try:
+            table = next(blocks)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise BadInputError(
+                f"{path}: unreadable Parquet data after its first {rows:,} rows "
+                f"(the footer was intact, a data page is not): {e}"
+            ) from e
+        rows += table.num_rows
+        yield table
+
+
 def _read_and_prepare(
     files: dict,
     columns,
@@ -242,18 +279,25 @@ def _read_and_prepare(
     position_file=None,
     all_paths=(),
     split=None,
+    duplicates=None,
 ) -> Iterator[pa.Table]:
     """One file's blocks, each with its rows' positions (mtl_rec.data_position) in POSITION_COLUMN,
-    minus the rows a saved data position says were already trained on, then `prepare`d."""
+    minus the rows a saved data position says were already trained on, then `prepare`d.
+    duplicates: [m, 2] position intervals of rows repeating an earlier id (pipelines.ids): marked in
+    DUPLICATE_COLUMN, which validation turns into a bad row."""
     saved = DataPosition.load(position_file) if position_file else None
     if saved is not None:
         saved.check_files(list(all_paths), position_file)
-    for path, file_index in zip(files["path"], files["index"]):
+    for path, file_index, day in zip(files["path"], files["index"], files.get("day", files["index"])):
         offset = 0
-        for table in read_file_blocks(str(path), columns, rows_per_block):
+        for table in _readable_blocks(str(path), columns, rows_per_block):
             positions = encode_positions(int(file_index), np.arange(offset, offset + table.num_rows))  # [n]
             offset += table.num_rows
             table = table.append_column(POSITION_COLUMN, pa.array(positions, pa.int64()))
+            if "day" in files:  # the partition's date, for the timestamp check (pipelines.validate)
+                table = table.append_column(PARTITION_DAY_COLUMN, pa.array(np.full(table.num_rows, day)))
+            if duplicates is not None and duplicates.shape[0]:
+                table = table.append_column(DUPLICATE_COLUMN, pa.array(contains(duplicates, positions)))
             keep = np.ones(table.num_rows, dtype=bool)  # [n]
             if saved is not None and saved.consumed.shape[0]:
                 keep &= ~contains(saved.consumed, positions)  # already trained on
@@ -288,7 +332,10 @@ def read_logs(
     """
     import ray.data
 
-    files = [{"path": f.path, "index": i} for i, f in enumerate(inventory.files)]
+    epoch = dt.date(1970, 1, 1)  # "day": the partition's date for the row timestamp check
+    files = [
+        {"path": f.path, "index": i, "day": (f.date - epoch).days} for i, f in enumerate(inventory.files)
+    ]
     if file_order_seed is not None:
         order = np.random.default_rng(file_order_seed).permutation(len(files))
         files = [files[i] for i in order]
@@ -304,6 +351,7 @@ def read_logs(
             "position_file": position_file,
             "all_paths": inventory.paths if position_file else (),
             "split": split,
+            "duplicates": inventory.ids.duplicates,
         },
         compute=ray.data.TaskPoolStrategy(size=max_tasks),
     )

@@ -28,9 +28,14 @@ import pyarrow.parquet as pq
 from mtl_rec.config import FeatureSpec
 from mtl_rec.data_position import POSITION_COLUMN
 from pipelines.errors import BadRowsError
+from pipelines.ids import DUPLICATE_COLUMN, PARTITION_DAY_COLUMN
 
 REASON_COLUMN = "_reject_reason"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A row's time (seconds since 1970, UTC) may fall this many days either side of its dt= partition:
+# events near midnight land in the next day's export. Beyond it the time is wrong (0 for 1970, ms
+# written as s), and so is everything computed by time.
+PARTITION_SLACK_DAYS = 1
 SOURCE_COLUMN = "_source_file"
 
 
@@ -62,10 +67,20 @@ def _row_checks(table: pa.Table, spec: FeatureSpec):
     """Yield (reason, [B] bool) for every check, in order."""
     n = table.num_rows
     yield f"{spec.id_column}: null", _null(table[spec.id_column])
+    if DUPLICATE_COLUMN in table.column_names:  # the reader's mark from the id audit (pipelines.ids)
+        yield f"{spec.id_column}: duplicate id (an earlier row has it)", _np(table[DUPLICATE_COLUMN], False)
     if pa.types.is_uint64(table.schema.field(spec.id_column).type):  # ids are int64 from here on
         ids = _np(table[spec.id_column], 0)  # [B] uint64
         yield f"{spec.id_column}: id >= 2**63 (does not fit int64)", ids > np.iinfo(np.int64).max
     yield f"{spec.time_column}: null", _null(table[spec.time_column])
+    if PARTITION_DAY_COLUMN in table.column_names:  # the reader's dt= date of the row's file
+        day = _np(table[spec.time_column], 0).astype(np.int64) // 86400  # [B] days since 1970
+        away = np.abs(day - _np(table[PARTITION_DAY_COLUMN], 0))  # [B]
+        yield (
+            f"{spec.time_column}: more than {PARTITION_SLACK_DAYS} day from its partition's date "
+            "(seconds since 1970, UTC)",
+            away > PARTITION_SLACK_DAYS,
+        )
     yield f"{spec.group_key}: null", _null(table[spec.group_key])
     for feature in spec.sparse:
         column = table[feature.column].combine_chunks()

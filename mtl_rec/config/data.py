@@ -37,3 +37,7 @@ class DataConfig:
     # local shuffle, seeded by train.seed, the epoch and the rank), and the files are read in a
     # seeded order, so batches mix days and files instead of consecutive impressions; 0: file order
     shuffle_buffer_rows: int = 65536
+    # audit the request ids before reading (pipelines.ids): a repeated id is a bad row under
+    # on_bad_rows, an eval day sharing ids with the train days an error. The driver holds 16 bytes
+    # a row while it runs (1.6 GB for 100M rows): turn it off only for logs deduplicated upstream
+    check_duplicate_ids: bool = True

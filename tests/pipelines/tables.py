@@ -37,7 +37,7 @@ def tiny_table(n: int = 6, seed: int = 0, start_id: int = 0) -> pa.Table:
     return pa.table(
         {
             "request_id": pa.array(np.arange(start_id, start_id + n), pa.int64()),
-            "ts": pa.array(np.full(n, 1_763_424_000), pa.int64()),
+            "ts": pa.array(np.full(n, 1_795_003_200), pa.int64()),  # 2026-11-18 12:00 UTC
             "user_id": pa.array(rng.integers(0, 10**9, n), pa.int64()),
             "category": pa.array(rng.integers(0, 500, n), pa.int64()),
             "device": pa.array(np.resize([0, 1, 2], n), pa.int64()),

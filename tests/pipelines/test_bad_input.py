@@ -288,3 +288,23 @@ def test_a_training_set_with_every_row_set_aside_is_an_error_naming_the_counts(t
         f"{DAY1}: no valid rows to train on: 200 rows in 1 files, 200 set aside "
         "(click: null or NaN label: 200 rows)"
     )
+
+
+def test_a_timestamp_far_from_its_partition_date_is_a_bad_row(tmp_path, ray_local):
+    """1970 (a zero), the year 58850 (milliseconds written as seconds): wrong for every time-based
+    report. Within a day of the partition (events near midnight) is fine."""
+    spec = tiny_spec()
+    table = tiny_table(200, seed=6)
+    ts = table["ts"].to_numpy().copy()  # 2026-11-18 12:00 UTC, in the dt=2026-11-18 folder
+    ts[[0, 1]] = 0
+    ts[2] = ts[2] * 1000
+    ts[3] = ts[3] - 36 * 3600  # 2026-11-17 00:00: one day off, accepted
+    ts[4] = ts[4] - 60 * 3600  # 2026-11-16: two days off
+    _write(tmp_path / "logs", DAY1, _with(table, "ts", ts))
+    inventory = inspect_logs(tmp_path / "logs", [DAY1], spec)
+    quarantine = tmp_path / "quarantine"
+    stats = compute_stats(inventory, spec, DataConfig(on_bad_rows="quarantine"), quarantine)
+    assert stats.rows == 196
+    assert quarantine_summary(quarantine)["by_reason"] == {
+        "ts: more than 1 day from its partition's date (seconds since 1970, UTC)": 4
+    }

@@ -1,0 +1,44 @@
+"""jobs.train refuses, before Ray starts, eval days that would make the score meaningless."""
+
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.train import train
+from mtl_rec.config.run import load_run_config
+from pipelines.errors import BadInputError
+
+
+def _logs_with(tmp_path, generated_logs, day: str):
+    """The generated days (linked, untouched) plus a folder for `day`."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for folder in generated_logs.iterdir():
+        (logs / folder.name).symlink_to(folder)
+    (logs / f"dt={day}").mkdir()
+    return logs, logs / f"dt={day}"
+
+
+def test_a_day_copied_under_another_date_is_leakage_when_scored(tmp_path, generated_logs):
+    logs, copy = _logs_with(tmp_path, generated_logs, "2026-11-21")
+    for part in sorted((generated_logs / "dt=2026-11-18").iterdir()):
+        shutil.copy(part, copy / part.name)
+    cfg = load_run_config("jobs/configs/mmoe.yaml")
+    with pytest.raises(BadInputError) as info:
+        train(cfg, str(logs), "2026-11-18..2026-11-19", "2026-11-21", tmp_path / "run")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("request_id: the evaluation dates share 30,000 ids with the training dates")
+    assert lines[1:] == [
+        f"  {copy / name}: request_id: 10,000 ids also in the training file {logs}/dt=2026-11-18/{name}"
+        for name in ("part-00000.parquet", "part-00001.parquet", "part-00002.parquet")
+    ]
+
+
+def test_an_eval_day_of_empty_files_is_an_error_not_a_report_of_none(tmp_path, generated_logs):
+    logs, empty = _logs_with(tmp_path, generated_logs, "2026-11-21")
+    source = next((generated_logs / "dt=2026-11-18").iterdir())
+    pq.write_table(pq.read_table(source).slice(0, 0), empty / "part-00000.parquet")
+    cfg = load_run_config("jobs/configs/mmoe.yaml")
+    with pytest.raises(BadInputError, match=r"eval dates 2026-11-21: no rows to score: 1 files of 0 rows"):
+        train(cfg, str(logs), "2026-11-18..2026-11-19", "2026-11-21", tmp_path / "run")
