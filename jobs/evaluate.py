@@ -2,7 +2,7 @@
 
     python -m jobs.evaluate --run RUN_DIR --logs DIR --dates 2026-11-20[,2026-11-21 | A..B] --out OUT \\
         [--baseline OTHER_RUN_DIR] [--gate 0.002 [--calibration-band 0.9,1.1] [--max-logloss-increase 0.01]]
-        [--slice-column device] [--top-k 5] [--address ADDR]
+        [--slice-column auto|COLUMN|''] [--top-k 5] [--address ADDR]
 
 OUT gets report.json (versioned: "schema_version"), report.md, report.html (self-contained: plots
 embedded as data URIs, nothing fetched), plots/*.png, and predictions/day=D/bucket-B.parquet: one
@@ -84,6 +84,29 @@ def _inventories(run: RunArtifacts, logs: str, days: list[dt.date]) -> dict:
         )
         for d in days
     }
+
+
+AUTO_SLICE_COLUMN = "device"
+
+
+def _auto_slice_column(logs: str, days: list, date_column: str) -> str | None:
+    """AUTO_SLICE_COLUMN where it is an integer column of every file of the days, else None."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.read import list_partitions
+
+    for log_file in list_partitions(logs, days, date_column):
+        schema = pq.read_schema(log_file.path)
+        field = schema.field(AUTO_SLICE_COLUMN) if AUTO_SLICE_COLUMN in schema.names else None
+        if field is None or not pa.types.is_integer(field.type):
+            print(
+                f"no slices: {log_file.path} has no integer column {AUTO_SLICE_COLUMN!r} "
+                "(--slice-column COLUMN names another)",
+                flush=True,
+            )
+            return None
+    return AUTO_SLICE_COLUMN
 
 
 def _check_slice_column(inventories: dict, column: str | None) -> None:
@@ -169,7 +192,7 @@ def evaluate(
     baseline: Path | None = None,
     gate: float | None = None,
     address: str | None = None,
-    slice_column: str | None = "device",
+    slice_column: str | None = "auto",
     top_k: int = 5,
     settings: ReportSettings | None = None,
     holdout: float | None = None,
@@ -183,7 +206,8 @@ def evaluate(
     "failures": [{"task", "check", ...}], "compared", "calibration_checked"} when `gate` is given,
     else None; `calibration_band` and `max_logloss_increase` (None: off) are the gate's other checks.
     `holdout` (a fraction): score only the rows of the hash hold-out (pipelines.split) that
-    jobs.train / jobs.daily left out of training.
+    jobs.train / jobs.daily left out of training. `slice_column`: "auto" slices by `device` where
+    every file has it as an integer column, and by nothing (with a note) where not; None: no slices.
     """
     from jobs.report.render import render_html, render_markdown
     from jobs.train import start_ray
@@ -199,9 +223,11 @@ def evaluate(
     settings = settings or ReportSettings()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    days = parse_dates(dates)
+    if slice_column == "auto":
+        slice_column = _auto_slice_column(logs, days, load_run(run_dir).spec.date_column)
     run = load_run(run_dir, slice_column)
     base = load_run(baseline, slice_column) if baseline is not None else None
-    days = parse_dates(dates)
     inventories = {"run": _inventories(run, logs, days)}
     if base is not None:
         inventories["baseline"] = _inventories(base, logs, days)
@@ -300,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         "relative (default 0.01 = 1%%; 'off' for no check)",
     )
     parser.add_argument(
-        "--slice-column", default="device", help="integer log column to slice by ('' for none)"
+        "--slice-column",
+        default="auto",
+        help="integer log column to slice by; auto (default): device where every file has it; '' for none",
     )
     parser.add_argument("--top-k", type=int, default=5, help="slices kept, by volume")
     parser.add_argument(

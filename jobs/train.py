@@ -30,9 +30,9 @@ from pathlib import Path
 import yaml
 
 from jobs.cli import run_job
-from mtl_rec.config.compat import check_spec_compatible
+from mtl_rec.config.compat import check_spec_compatible, config_differences
 from mtl_rec.config.features import FeatureSpec, load_feature_spec, save_feature_spec, saved_feature_spec
-from mtl_rec.config.loader import to_dict
+from mtl_rec.config.loader import ConfigError, to_dict
 from mtl_rec.config.run import RunConfig, load_run_config
 from mtl_rec.config.stats import FeatureStats
 
@@ -50,7 +50,11 @@ def start_ray(address: str | None) -> None:
         ray.init(
             address="local",  # a new local Ray, never one that `ray start` left on this machine
             num_cpus=2 * (os.cpu_count() or 1),
-            include_dashboard=False,
+            # The dashboard serves Ray's State API, which Ray Train's PlacementGroupCleaner polls to
+            # release a dead controller's placement group; without it the cleaner cannot work and
+            # logs "Failed to query Ray Train Controller actor state" every second (~1 s more start-up).
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             configure_logging=False,
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -136,6 +140,15 @@ def train(
     out = out.resolve()
     resumed = published_checkpoint(out / "checkpoint")
     spec = run_spec(load_feature_spec(cfg.features, spec_overrides), resumed, init_from)
+    if resumed is not None and (resumed / "config.yaml").is_file():
+        changed = config_differences(yaml.safe_load((resumed / "config.yaml").read_text()), to_dict(cfg))
+        if changed:  # a resume continues the run it finds: another recipe would be a different run
+            raise ConfigError(
+                f"{out}: resume refused: this --out holds a run trained with other settings "
+                f"({resumed / 'config.yaml'}): {'; '.join(changed)}. A run re-run with the same "
+                "settings resumes (a finished one is evaluated again); to train on with new settings "
+                f"(more epochs, another rate), warm-start a new run: --init-from {resumed} --out NEW_DIR"
+            )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     save_feature_spec(spec, out)

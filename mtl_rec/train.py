@@ -28,6 +28,7 @@ from mtl_rec.batch import Batch
 from mtl_rec.config.features import SPEC_FILE, spec_yaml
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.run import RunConfig
+from mtl_rec.quiet import quiet_libraries
 
 
 class NoDropDataConfig(RayDataConfig):
@@ -123,6 +124,7 @@ def train_worker(inputs: WorkerInputs) -> None:
     from mtl_rec.weighting import build_weighting
     from pipelines.dataset import iter_batches, start_early
 
+    quiet_libraries()
     cfg, spec, run_dir = inputs.run, inputs.spec, Path(inputs.run_dir)
     world = world_size()
     torch.set_num_threads(cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world, 1)))
@@ -192,7 +194,11 @@ def train_worker(inputs: WorkerInputs) -> None:
 
     history, rows_at_start, start = run.history, run.position.rows, time.perf_counter()
     progress = tqdm(
-        total=inputs.train_rows * cfg.train.epochs, unit="rows", disable=rank() != 0, desc="train"
+        total=inputs.train_rows * cfg.train.epochs,
+        unit="rows",
+        disable=rank() != 0,
+        desc="train",
+        mininterval=5.0,  # through Ray's log relay every refresh is a line of its own
     )
     progress.update(run.position.rows)
     model.train()

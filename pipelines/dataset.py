@@ -68,7 +68,39 @@ def compute_stats(
             f"{len(inventory.files)} files, {set_aside.get('rows', 0)} set aside"
             + (f" ({reasons})" if reasons else "")
         )
+    dominated = _dominated_scaling(stats, spec)
+    if dominated:
+        raise BadInputError(
+            f"{', '.join(dates)}: scaling statistics decided by single rows (fix or set aside those "
+            "rows, or give the feature `transform: log1p`):\n  " + "\n  ".join(dominated)
+        )
     return stats
+
+
+# One row holding more than this share of a feature's variance (or span) decides its scaling alone:
+# a value such as 1e30 in a column of prices turns every other row's scaled value into ~0. An ordinary
+# heavy tail never comes close: one row's share is at most 1/n of the variance per unit of its z^2/n.
+DOMINATING_SHARE = 0.5
+MIN_ROWS_FOR_SHARE = 100  # below this one row legitimately holds much of the variance
+
+
+def _dominated_scaling(stats: FeatureStats, spec: FeatureSpec) -> list[str]:
+    """One line per scaled dense feature whose minimum or maximum alone holds more than
+    DOMINATING_SHARE of its variance, over its training rows (after its transform)."""
+    lines = []
+    for feature in spec.dense:
+        s = stats.features[feature.name]
+        if feature.scaling == "none" or s.count < MIN_ROWS_FOR_SHARE or s.std == 0:
+            continue
+        for extreme in (s.minimum, s.maximum):
+            share = (extreme - s.mean) ** 2 / (s.count * s.std**2)  # the row's share of n * variance
+            if share > DOMINATING_SHARE:
+                lines.append(
+                    f"{feature.column}: one value ({extreme:.4g} after its transform) holds {share:.0%} of "
+                    f"the feature's variance over {s.count:,} rows (mean {s.mean:.4g}, std {s.std:.4g}): "
+                    "scaled by these statistics, every other row's value is about the same"
+                )
+    return lines
 
 
 def read_task_cap(data: DataConfig) -> int | None:

@@ -258,10 +258,12 @@ def score_worker(inputs: ScoreInputs) -> None:
     from mtl_rec.checkpoint import load_checkpoint
     from mtl_rec.distributed import rank, world_size
     from mtl_rec.models.model import MultiTaskModel
+    from mtl_rec.quiet import quiet_libraries
     from mtl_rec.sharding import plan_types, shard_model
     from mtl_rec.train import lockstep, padding_batch
     from pipelines.dataset import iter_batches
 
+    quiet_libraries()
     device = torch.device(
         f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
     )

@@ -104,3 +104,40 @@ def check_spec_compatible(
             f"{action} refused: the feature spec differs from the checkpoint's "
             f"({Path(checkpoint) / SPEC_FILE}): {'; '.join(differences)}" + (f". {advice}" if advice else "")
         )
+
+
+# Run settings a resume may change: they decide how the run is executed, never what it trains.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "features",  # the spec itself is checked by check_spec_compatible
+        "data.eval_batch_size",
+        "data.prefetch_batches",
+        "data.read_tasks",
+        "train.workers",
+        "train.cpus_per_worker",
+        "train.torch_threads",
+        "train.max_failures",
+        "train.log_every",
+    }
+)
+
+
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    """{"train.epochs": 1, ...}: a config dict's leaves by dotted key (lists are leaves)."""
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def config_differences(saved: Mapping, current: Mapping, may_change=RESUME_MAY_CHANGE) -> list[str]:
+    """["train.epochs 1 -> 2", ...]: settings of two run configs (as dicts) that differ, outside
+    `may_change`. Example: ``config_differences(to_dict(old), to_dict(new))``."""
+    old, new = _flat(saved), _flat(current)
+    return [
+        f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in may_change and old.get(key) != new.get(key)
+    ]

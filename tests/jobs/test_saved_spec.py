@@ -18,6 +18,7 @@ from jobs.report.score import load_run
 from jobs.train import train
 from mtl_rec.config import SPEC_FILE, load_feature_spec, load_yaml
 from mtl_rec.config.compat import SpecMismatch
+from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.run import load_run_config
 from tests.jobs.test_evaluate import evaluated  # noqa: F401  (the shared session fixture)
 
@@ -99,3 +100,20 @@ def test_an_old_checkpoint_falls_back_to_the_config_fitted_to_it(evaluated, tmp_
     assert artifacts.spec_source == "jobs/configs/features.yaml"
     assert artifacts.spec_changes == {"resized": {"user_id": [50000, 16]}, "dropped": []}
     assert artifacts.spec.tables == load_feature_spec(run / SPEC_FILE).tables  # RUN_DIR's copy agrees
+
+
+def test_a_finished_run_re_run_with_more_epochs_is_refused_with_how_to_continue(evaluated):  # noqa: F811
+    """Re-running a finished --out with other settings used to exit 0 having trained nothing."""
+    run, logs = evaluated["root"] / "run", evaluated["logs"]
+    settings = ("data.batch_size=1024", "train.log_every=3", "model.params.expert.hidden=[64]")
+    cfg = load_run_config("jobs/configs/mmoe.yaml", (*settings, "train.max_steps=15", "train.epochs=2"))
+    saved = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError) as refused:
+        train(cfg, str(logs), "2026-11-18", "2026-11-19", run, TRAINED_WITH)
+    assert str(refused.value) == (
+        f"{run}: resume refused: this --out holds a run trained with other settings "
+        f"({run / 'checkpoint' / 'config.yaml'}): train.epochs 1 -> 2. A run re-run with the same "
+        "settings resumes (a finished one is evaluated again); to train on with new settings "
+        f"(more epochs, another rate), warm-start a new run: --init-from {run / 'checkpoint'} --out NEW_DIR"
+    )
+    assert (run / "config.yaml").read_text() == saved  # refused before anything was written

@@ -308,3 +308,26 @@ def test_a_timestamp_far_from_its_partition_date_is_a_bad_row(tmp_path, ray_loca
     assert quarantine_summary(quarantine)["by_reason"] == {
         "ts: more than 1 day from its partition's date (seconds since 1970, UTC)": 4
     }
+
+
+def test_a_value_that_alone_decides_a_features_scaling_stops_the_job_naming_it(tmp_path, ray_local):
+    """1e30 fits float32 but made the standard deviation 1.6e28 (every other price scaled to ~0)."""
+    spec = tiny_spec()
+    table = tiny_table(200, seed=7)
+    ctr = table["ctr"].to_numpy().copy()  # minmax-scaled, no transform
+    ctr[10] = 1e30
+    _write(tmp_path / "logs", DAY1, _with(table, "ctr", ctr))
+    inventory = inspect_logs(tmp_path / "logs", [DAY1], spec)
+    with pytest.raises(BadInputError) as info:
+        compute_stats(inventory, spec, DataConfig())
+    lines = str(info.value).splitlines()
+    assert lines[0] == (
+        f"{DAY1}: scaling statistics decided by single rows (fix or set aside those rows, or give the "
+        "feature `transform: log1p`):"
+    )
+    assert len(lines) == 2 and lines[1].startswith(
+        "  ctr: one value (1e+30 after its transform) holds 100% of the feature's variance over 200 rows"
+    )
+    ctr[10] = 0.9  # a heavy tail, not a broken value: 4.5x the largest other value
+    _write(tmp_path / "logs", DAY1, _with(table, "ctr", ctr))
+    assert compute_stats(inspect_logs(tmp_path / "logs", [DAY1], spec), spec, DataConfig()).rows == 200

@@ -12,7 +12,9 @@ from mtl_rec.config import (
     save_feature_spec,
     saved_feature_spec,
 )
-from mtl_rec.config.compat import SpecMismatch, check_spec_compatible, spec_differences
+from mtl_rec.config.compat import SpecMismatch, check_spec_compatible, config_differences, spec_differences
+from mtl_rec.config.loader import to_dict
+from mtl_rec.config.run import load_run_config
 
 SPEC = "jobs/configs/features.yaml"
 TRAINED = ("tables.user_id.num_embeddings=50000",)  # a --spec-set override, as a run trains with
@@ -97,3 +99,16 @@ def test_mismatch_message_names_the_checkpoint_and_every_difference():
         "table 'user_id' num_embeddings 50000 -> 1000000; table 'user_id' id_map hash -> mod. "
         "Train from scratch"
     )
+
+
+def test_config_differences_name_each_changed_setting_except_how_the_run_executes():
+    saved = to_dict(load_run_config("jobs/configs/mmoe.yaml"))
+    same_run = to_dict(load_run_config("jobs/configs/mmoe.yaml", ("train.workers=4", "data.read_tasks=2")))
+    assert config_differences(saved, same_run) == []
+    changes = ("train.epochs=3", "optim.dense.lr=0.01", "data.batch_size=64")
+    other = to_dict(load_run_config("jobs/configs/mmoe.yaml", changes))
+    assert config_differences(saved, other) == [
+        "data.batch_size 1024 -> 64",
+        f"optim.dense.lr {saved['optim']['dense']['lr']} -> 0.01",
+        "train.epochs 1 -> 3",
+    ]
