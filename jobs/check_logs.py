@@ -126,7 +126,7 @@ def table_collisions(inventory, spec) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipelines.transform import map_ids
+    from mtl_rec.transform import map_ids
 
     distinct: dict[str, list[np.ndarray]] = {name: [] for name in spec.tables}
     for log_file in inventory.files:

@@ -177,26 +177,31 @@ def inspect_logs(
     on_bad_rows: str = "error",
     check_ids: bool = True,
     like: LogInventory | None = None,
+    columns: Sequence[str] | None = None,
 ) -> LogInventory:
     """Check every file's footer against the spec and against each other (drift); see module doc.
 
     check_ids: audit the request ids (pipelines.ids): under on_bad_rows=error a duplicate stops the
     job here, naming the files; under quarantine the repeats are set aside when read.
     like: an inventory (the training days') whose column types these files must have too: a type
-    that drifts between the days trained on and the days scored is a bad file like any other."""
+    that drifts between the days trained on and the days scored is a bad file like any other.
+    columns: check and read only these (jobs.predict: the id and the model's inputs; logs to score
+    need no labels); None: everything training reads."""
     ignored: list[dict] = []
     candidates = list_partitions(logs_dir, dates, spec.date_column, ignored)
     with ThreadPoolExecutor(max_workers=8) as pool:
         footers = list(pool.map(_read_footer, [f.path for f in candidates]))
 
     expected = _expected_kind(spec)
+    if columns is not None:
+        expected = {c: expected[c] for c in columns}
     files, skipped, problems = [], [], []
     reference: dict[str, tuple[pa.DataType, str]] = dict(like.types) if like else {}
     truth: list[str] | None = None
     for candidate, (schema, rows, problem) in zip(candidates, footers):
         if problem is None:
             problem = _schema_problem(schema, expected, reference, candidate.path)
-        if problem is None:
+        if problem is None and columns is None:
             file_truth = sorted(n for n in schema.names if n.startswith(spec.truth_prefix))
             if truth is None:
                 truth = file_truth
@@ -227,7 +232,8 @@ def inspect_logs(
     audit = audit_ids(files, spec.id_column) if check_ids else IdAudit(checked=False)
     if audit.duplicate_rows and on_bad_rows == "error":
         raise duplicates_error(audit, spec.id_column)
-    return LogInventory(files, spec.input_columns() + truth, truth, skipped, ignored, audit, reference)
+    read = list(columns) if columns is not None else spec.input_columns() + truth
+    return LogInventory(files, read, truth, skipped, ignored, audit, reference)
 
 
 def _schema_problem(schema: pa.Schema, expected: dict[str, str], reference: dict, path: str) -> str | None:
@@ -251,7 +257,7 @@ def read_file_blocks(path: str, columns: list[str], rows_per_block: int) -> Iter
         yield pa.Table.from_batches([record_batch])
 
 
-def _readable_blocks(path: str, columns: list[str], rows_per_block: int) -> Iterator[pa.Table]:
+def readable_blocks(path: str, columns: list[str], rows_per_block: int) -> Iterator[pa.Table]:
     """read_file_blocks, where a data page that cannot be decoded behind an intact footer (a torn
     copy, a flipped bit under compression) is a BadInputError naming the file and how far it got,
     instead of a bare "OSError: ZSTD decompression failed" from inside a Ray task."""
@@ -290,7 +296,7 @@ def _read_and_prepare(
         saved.check_files(list(all_paths), position_file)
     for path, file_index, day in zip(files["path"], files["index"], files.get("day", files["index"])):
         offset = 0
-        for table in _readable_blocks(str(path), columns, rows_per_block):
+        for table in readable_blocks(str(path), columns, rows_per_block):
             positions = encode_positions(int(file_index), np.arange(offset, offset + table.num_rows))  # [n]
             offset += table.num_rows
             table = table.append_column(POSITION_COLUMN, pa.array(positions, pa.int64()))

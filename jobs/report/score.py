@@ -231,7 +231,7 @@ class _BucketWriters:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from pipelines.transform import splitmix64
+        from mtl_rec.transform import splitmix64
 
         bucket = (splitmix64(columns["group"].view(np.uint64)) % np.uint64(self.buckets)).astype(np.int64)
         for b in np.unique(bucket).tolist():

@@ -203,6 +203,11 @@ class FeatureSpec:
     def num_dense(self) -> int:
         return len(self.dense)
 
+    def model_columns(self) -> list[str]:
+        """The raw columns a prediction reads: sparse, dense, and the domain column (multi-domain)."""
+        wanted = [f.column for f in self.sparse] + [f.column for f in self.dense] + [self.domain_column]
+        return list(dict.fromkeys(c for c in wanted if c))
+
     def input_columns(self) -> list[str]:
         """The Parquet columns the reader loads, in a stable order, without duplicates."""
         wanted = [self.id_column, self.time_column, self.group_key]

@@ -131,23 +131,30 @@ class MultiTaskModel(nn.Module):
             self.to(device)  # the dense layers; the tables are already there
 
     def forward(self, batch: Batch) -> TaskOutputs:
-        x = self.sparse_arch(batch.sparse)  # KJT -> [B, sum_k D_k]
+        pooled = self.sparse_arch(batch.sparse)  # KJT -> [B, sum_k D_k]
+        outputs = self.forward_pooled(pooled, batch.dense, batch)  # -> TaskOutputs of {task: [B]}
+        if hasattr(self.backbone, "auxiliary_losses"):
+            outputs.aux = self.backbone.auxiliary_losses(outputs, batch)  # {name: [B] or []}
+        return outputs
+
+    def forward_pooled(self, pooled: Tensor, dense: Tensor, batch: Batch | None = None) -> TaskOutputs:
+        """Everything after the table lookups: [B, sum_k D_k] pooled embeddings (spec feature order)
+        and [B, D] dense features -> TaskOutputs without auxiliary terms. The exported serving model
+        (mtl_rec.export) does its own lookups and calls this, so serving runs training's network."""
+        x = pooled
         if self.interaction == "dot":
             embeddings = x.view(x.shape[0], -1, self.embedding_dim)  # [B, K * D] -> [B, K, D]
             gram = torch.bmm(embeddings, embeddings.transpose(1, 2))  # [B, K, D] x [B, D, K] -> [B, K, K]
             pairs = gram[:, self.pair_rows, self.pair_cols]  # [B, K, K] -> [B, K(K-1)/2]
             x = torch.cat([x, pairs], dim=1)  # [B, K * D] ++ [B, K(K-1)/2]
         if self.dense_arch is not None:
-            dense = self.dense_arch(batch.dense)  # [B, D] -> [B, H_dense]
+            dense = self.dense_arch(dense)  # [B, D] -> [B, H_dense]
             x = torch.cat([x, dense], dim=1)  # [B, sum_k D_k] ++ [B, H_dense] -> [B, In]
         if getattr(self.backbone, "reads_batch", False):
             features = self.backbone(x, batch)  # [B, In] (+ batch.meta) -> {task: [B, H_task]}
         else:
             features = self.backbone(x)  # [B, In] -> {task: [B, H_task]}
-        outputs = self.heads(features)  # {task: [B, H_task]} -> TaskOutputs of {task: [B]}
-        if hasattr(self.backbone, "auxiliary_losses"):
-            outputs.aux = self.backbone.auxiliary_losses(outputs, batch)  # {name: [B] or []}
-        return outputs
+        return self.heads(features)  # {task: [B, H_task]} -> TaskOutputs of {task: [B]}
 
     def auxiliary_spaces(self) -> dict[str, str]:
         """{aux term name: sample-space key its per-row terms are averaged over} (default "all")."""

@@ -4,15 +4,9 @@ import pytest
 import torch
 
 from mtl_rec.config import SampleSpace, TableSpec
+from mtl_rec.transform import map_ids, splitmix64, table_salt
 from pipelines.collate import BatchLayout, collate
-from pipelines.transform import (
-    block_moments,
-    map_ids,
-    reduce_moments,
-    splitmix64,
-    table_salt,
-    transform_block,
-)
+from pipelines.transform import block_moments, reduce_moments, transform_block
 from tests.pipelines.tables import tiny_spec, tiny_table
 
 SPACES = {

@@ -1,0 +1,239 @@
+"""A trained run -> one self-contained serving artefact: a torch.export program and what it reads.
+
+    RUN_DIR/checkpoint  (DCP shards of any world size and sharding plan)
+      -> gather_model     the tables loaded WHOLE into an unsharded MultiTaskModel on the CPU, with no
+                          process group (DCP reshards on load, the way it does between world sizes)
+      -> ServingModel     plain-tensor interface: table lookups (float32, float16 or row-wise int8
+                          tables), then the trained network's own forward_pooled, then the
+                          probabilities of every evaluation target
+      -> torch.export     one ExportedProgram (graph + weights) in model.pt2, with a dynamic batch
+
+    OUT/model.pt2            torch.export.save of ServingModel: loads with torch alone
+    OUT/features.yaml        the run's resolved feature spec (id maps, hashing, scaling)
+    OUT/feature_stats.json   the training days' dense statistics
+    OUT/config.yaml          the run's config (tasks and chains)
+    OUT/manifest.json        written last: versions, sha256 of every file, the run and checkpoint,
+                             the targets (column order of the program's output) and its inputs
+
+Why torch.export and not TorchScript: TorchScript is in maintenance mode upstream and cannot script
+TorchRec's KeyedJaggedTensor; torch.export is PyTorch's supported path to serving (AOTInductor
+compiles the same program ahead of time), and its ExportedProgram carries the graph and weights in
+one file that torch.export.load runs without this project's model code.
+
+Example::
+
+    >>> manifest = export_run(Path("runs/mmoe"), Path("models/mmoe"), tables="int8")
+    >>> manifest["targets"]
+    [{'name': 'ctr', ...}, {'name': 'cvr', ...}, {'name': 'cart', ...}]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.fx.experimental._config as fx_config
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.export import Dim
+
+from mtl_rec.config.features import SPEC_FILE, FeatureSpec, saved_feature_spec
+from mtl_rec.config.loader import ConfigError, from_dict
+from mtl_rec.config.run import RunConfig
+from mtl_rec.metrics import EvalTarget, eval_targets
+from mtl_rec.models.model import MultiTaskModel
+from mtl_rec.stack import describe_stack
+
+EXPORT_FORMAT = 1
+PROGRAM = "model.pt2"
+MANIFEST = "manifest.json"
+STATS_FILE = "feature_stats.json"
+CONFIG_FILE = "config.yaml"
+TABLE_FORMATS = ("float32", "float16", "int8")
+MAX_ROWS = 1 << 24  # the largest batch the program accepts (a bound torch.export asks for)
+
+
+def gather_model(checkpoint: Path, cfg: RunConfig, spec: FeatureSpec) -> MultiTaskModel:
+    """An unsharded MultiTaskModel on the CPU holding the checkpoint's weights, every table whole.
+    No process group: DCP plans the load for one process and reads each shard into place."""
+    model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu")
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process": yes
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(checkpoint / "model"), no_dist=True)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+class TableLookup(nn.Module):
+    """One embedding table for serving: ids [N] -> rows [N, D] float32.
+
+    float32: the trained weights; float16: half the bytes, rounded to nearest; int8: row-wise
+    asymmetric quantisation like FBGEMM's (each row's min and step in float32, values 0..255), a
+    quarter of the bytes. Max error per value: float16 |w| * 2**-11, int8 (max - min) / 510 of its row.
+    """
+
+    def __init__(self, weight: Tensor, table_format: str) -> None:
+        super().__init__()
+        self.table_format = table_format
+        weight = weight.detach().float()  # [N, D]
+        if table_format == "float32":
+            self.register_buffer("weight", weight.clone())
+        elif table_format == "float16":
+            self.register_buffer("weight", weight.half())
+        elif table_format == "int8":
+            low = weight.min(dim=1).values  # [N]
+            step = (weight.max(dim=1).values - low) / 255.0  # [N]
+            step = torch.where(step > 0, step, torch.ones_like(step))  # a constant row: any step
+            codes = torch.round((weight - low[:, None]) / step[:, None])  # [N, D] in [0, 255]
+            self.register_buffer("weight", codes.to(torch.uint8))
+            self.register_buffer("low", low)
+            self.register_buffer("step", step)
+        else:
+            raise ConfigError(f"tables must be one of {TABLE_FORMATS}, got {table_format!r}")
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = F.embedding(ids, self.weight)  # [N] -> [N, D]
+        if self.table_format == "int8":
+            return rows.float() * self.step[ids, None] + self.low[ids, None]  # [N, D] * [N, 1] + [N, 1]
+        return rows.float()
+
+    def dequantized(self) -> Tensor:
+        """[N, D] float32: what serving reads for every row (for error bounds and tests)."""
+        return self(torch.arange(self.weight.shape[0]))
+
+
+class ServingModel(nn.Module):
+    """Plain tensors in, probabilities out; the trained network in between.
+
+    forward(single, dense, *multi):
+        single: [B, S] int64 table rows of the single-hot features (spec order)
+        dense:  [B, D] float32 scaled dense features
+        multi:  values_1 [N_1] int64, offsets_1 [B + 1] int64, values_2, offsets_2, ...: one pair per
+                multi-hot feature (spec order), offsets from 0 (mtl_rec.transform.model_inputs)
+        -> [B, T] float32: p of each evaluation target (`targets` order): entire-space chain
+           probabilities and the chained tasks' conditional ones (p(conversion | click)).
+    """
+
+    def __init__(self, model: MultiTaskModel, spec: FeatureSpec, targets: list[EvalTarget], tables: str):
+        super().__init__()
+        if getattr(model.backbone, "reads_batch", False):
+            raise ConfigError(
+                f"model.arch={type(model.backbone).__name__} reads per-row domains from the batch's meta "
+                "columns; exporting it is not supported yet"
+            )
+        self.model = model
+        bags = model.sparse_arch.ebc.embedding_bags
+        self.tables = nn.ModuleDict({name: TableLookup(bags[name].weight, tables) for name in spec.tables})
+        self.single = [(f.name, f.table) for f in spec.sparse if not f.multi_hot]
+        self.multi = [(f.name, f.table, spec.table_pooling(f.table)) for f in spec.sparse if f.multi_hot]
+        self.order = list(spec.sparse_names)
+        self.targets = list(targets)
+        del self.model.sparse_arch  # its tables live in self.tables now (and only there)
+
+    def forward(self, single: Tensor, dense: Tensor, *multi: Tensor) -> Tensor:
+        pooled = {}
+        for j, (name, table) in enumerate(self.single):
+            pooled[name] = self.tables[table](single[:, j])  # [B] -> [B, D_k]; a bag of one id is its row
+        for j, (name, table, mode) in enumerate(self.multi):
+            values, offsets = multi[2 * j], multi[2 * j + 1]  # [N], [B + 1]
+            rows = self.tables[table](values)  # [N] -> [N, D_k]
+            positions = torch.arange(values.shape[0], device=values.device)  # [N]
+            pooled[name] = F.embedding_bag(positions, rows, offsets, mode=mode, include_last_offset=True)
+        x = torch.cat([pooled[name] for name in self.order], dim=1)  # K x [B, D_k] -> [B, sum_k D_k]
+        outputs = self.model.forward_pooled(x, dense)  # -> TaskOutputs of {task: [B]}
+        return torch.stack([t.predictions(outputs).float() for t in self.targets], dim=1)  # -> [B, T]
+
+
+def example_inputs(spec: FeatureSpec, batch: int = 4) -> tuple[tuple[Tensor, ...], tuple]:
+    """(inputs, dynamic_shapes) for torch.export: a batch of `batch` rows of id 0, every multi-hot
+    list two long; the batch and every list's total length dynamic."""
+    single = sum(1 for f in spec.sparse if not f.multi_hot)
+    rows = Dim("rows", min=1, max=MAX_ROWS)
+    inputs: list[Tensor] = [torch.zeros(batch, single, dtype=torch.int64), torch.zeros(batch, spec.num_dense)]
+    shapes: list = [{0: rows}, {0: rows}]
+    multi_shapes = []
+    for k, feature in enumerate(f for f in spec.sparse if f.multi_hot):
+        inputs += [torch.zeros(2 * batch, dtype=torch.int64), torch.arange(0, 2 * batch + 1, 2)]
+        multi_shapes += [{0: Dim(f"ids_{k}_{feature.name}", min=0, max=64 * MAX_ROWS)}, {0: rows + 1}]
+    return tuple(inputs), (*shapes, tuple(multi_shapes))
+
+
+def export_program(serving: ServingModel, spec: FeatureSpec) -> torch.export.ExportedProgram:
+    inputs, shapes = example_inputs(spec)
+    # Size-oblivious tracing: the program must also run a single row (B = 1), which plain tracing
+    # would specialise away (0/1 specialisation) and then refuse at run time.
+    with fx_config.patch(backed_size_oblivious=True), torch.no_grad():
+        return torch.export.export(serving, inputs, dynamic_shapes=shapes)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_run(run_dir: Path) -> tuple[Path, RunConfig, FeatureSpec]:
+    """(checkpoint, config, saved spec) of a trained run; clear errors where something is missing."""
+    checkpoint = Path(run_dir) / "checkpoint"
+    if not (checkpoint / "MANIFEST.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint (checkpoint/MANIFEST.json missing)")
+    cfg = from_dict(RunConfig, yaml.safe_load((checkpoint / CONFIG_FILE).read_text()))
+    spec = saved_feature_spec(checkpoint)
+    if spec is None:
+        raise ConfigError(f"{checkpoint}: no {SPEC_FILE} (trained before runs saved their spec); retrain it")
+    return checkpoint, cfg, spec
+
+
+def export_run(run_dir: Path, out_dir: Path, tables: str = "float32") -> dict:
+    """Export RUN_DIR's checkpoint to OUT_DIR (see module doc), atomically: a half-written export is
+    never at OUT_DIR. Returns the manifest."""
+    run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir)
+    checkpoint, cfg, spec = read_run(run_dir)
+    targets = eval_targets(cfg.tasks, spec)
+    serving = ServingModel(gather_model(checkpoint, cfg, spec), spec, targets, tables).eval()
+    program = export_program(serving, spec)
+
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{dt.datetime.now().strftime('%H%M%S%f')}"
+    staging.mkdir(parents=True)
+    torch.export.save(program, staging / PROGRAM)
+    for name in (SPEC_FILE, STATS_FILE, CONFIG_FILE):
+        shutil.copyfile(checkpoint / name, staging / name)
+    files = (PROGRAM, SPEC_FILE, STATS_FILE, CONFIG_FILE)
+    source = json.loads((checkpoint / "MANIFEST.json").read_text())
+    manifest = {
+        "format": EXPORT_FORMAT,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_dir),
+        "checkpoint": {k: source.get(k) for k in ("world_size", "step", "epoch", "done")},
+        "stack": describe_stack(),
+        "arch": cfg.model.arch,
+        "tables": tables,
+        "table_bytes": sum(b.numel() * b.element_size() for b in serving.tables.buffers()),
+        "targets": [asdict(t) for t in targets],
+        "inputs": {
+            "single": [name for name, _ in serving.single],
+            "multi": [name for name, _, _ in serving.multi],
+            "dense": list(spec.dense_names),
+            "columns": spec.model_columns(),
+        },
+        "files": {name: sha256_file(staging / name) for name in files},
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    previous = out_dir.parent / f".{out_dir.name}.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return manifest
