@@ -12,6 +12,9 @@ ROOT holds everything the schedule needs, on storage every node sees:
     ROOT/reports/DATE/          report.json / report.md / report.html (jobs.evaluate, baseline = promoted)
     ROOT/decisions/DATE.json    the day's outcome: promoted, rejected (which task fell how far), cold start
     ROOT/history.jsonl          one line per decision
+    ROOT/serving/DATE/          the promoted run's export (jobs.export), and ROOT/serving/current.json
+                                naming the live one, replaced atomically: `python -m jobs.serve --model
+                                ROOT/serving` follows each promotion without dropping a request
 
 Data. The day trains on the window DATE-(N-1) .. DATE minus a hash hold-out of the request ids
 (`--holdout`, pipelines.split); the candidate and the promoted model are both scored on the
@@ -59,9 +62,26 @@ from jobs.report.gate import (
     parse_band,
     parse_increase,
 )
+from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.run import RunConfig, load_run_config
 
 PROMOTED = "promoted.json"
+SERVING = "serving"
+
+
+def _export_for_serving(run_dir: Path, serving: Path, day: str) -> str | None:
+    """Export the promoted run to SERVING/DAY and make it the live model; the export's path, or
+    None (said on stdout) for a model export cannot handle yet: the promotion itself stands."""
+    # Here, not at the top: mtl_rec.export loads torchrec, which a driver only needs on promotion.
+    from mtl_rec.export import export_run, publish
+
+    try:
+        export_run(run_dir, serving / day)
+    except ConfigError as e:
+        print(f"{day}: promoted, but not exported for serving: {e}")
+        return None
+    publish(serving, day, {"date": day, "run": str(run_dir)})
+    return str(serving / day)
 
 
 def _write_atomic(path: Path, data: dict) -> None:
@@ -158,6 +178,7 @@ def daily(
         "seconds": time.time() - started,
     }
     if status in ("promoted", "cold_start"):
+        decision["serving"] = _export_for_serving(run_dir, root / SERVING, day)
         _write_atomic(
             root / PROMOTED,
             {
@@ -165,6 +186,7 @@ def daily(
                 "run": str(run_dir),
                 "checkpoint": str(run_dir / "checkpoint"),
                 "auc": decision["auc"],
+                "serving": decision["serving"],
             },
         )
     _write_atomic(decision_path, decision)  # last: its presence means the day is done

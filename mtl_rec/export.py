@@ -15,6 +15,9 @@
     OUT/manifest.json        written last: versions, sha256 of every file, the run and checkpoint,
                              the targets (column order of the program's output) and its inputs
 
+A serving directory holds exports side by side and current.json naming the live one (`publish`;
+jobs.daily publishes each promotion there, jobs.serve follows it).
+
 Why torch.export and not TorchScript: TorchScript is in maintenance mode upstream and cannot script
 TorchRec's KeyedJaggedTensor; torch.export is PyTorch's supported path to serving (AOTInductor
 compiles the same program ahead of time), and its ExportedProgram carries the graph and weights in
@@ -32,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import warnings
 from dataclasses import asdict
@@ -58,6 +62,7 @@ MANIFEST = "manifest.json"
 STATS_FILE = "feature_stats.json"
 CONFIG_FILE = "config.yaml"
 TABLE_FORMATS = ("float32", "float16", "int8")
+CURRENT = "current.json"  # in a serving directory: {"model": <export dir name>, ...}, the live export
 MAX_ROWS = 1 << 24  # the largest batch the program accepts (a bound torch.export asks for)
 
 
@@ -237,3 +242,24 @@ def export_run(run_dir: Path, out_dir: Path, tables: str = "float32") -> dict:
     staging.rename(out_dir)
     shutil.rmtree(previous, ignore_errors=True)
     return manifest
+
+
+def publish(serving_dir: Path, name: str, info: dict | None = None) -> None:
+    """Make SERVING_DIR/NAME (an export) the live model: current.json replaced atomically, so a
+    watcher (jobs.serve) reads the old pointer or the new one, never half of one."""
+    if not (Path(serving_dir) / name / MANIFEST).is_file():
+        raise FileNotFoundError(f"{serving_dir}/{name}: not a complete export ({MANIFEST} missing)")
+    temporary = Path(serving_dir) / f".{CURRENT}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps({"model": name, **(info or {})}, indent=2))
+    os.replace(temporary, Path(serving_dir) / CURRENT)
+
+
+def resolve_model(path: str | Path) -> tuple[Path, str]:
+    """(export directory, model id) of an export, or of a serving directory's live export."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path, path.name
+    if (path / CURRENT).is_file():
+        name = json.loads((path / CURRENT).read_text())["model"]
+        return path / name, name
+    raise FileNotFoundError(f"{path}: neither an export ({MANIFEST}) nor a serving directory ({CURRENT})")

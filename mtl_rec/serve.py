@@ -130,21 +130,37 @@ class Predictor:
             problem = _kind_problem(column, arrays[column], column in self._multi, column in self._dense)
             if problem:
                 raise InvalidRowsError(f"{source}: {problem} ({n} rows)")
+            arrays[column] = self._canonical(column, arrays[column], source)
         return pa.table(arrays)
+
+    def _canonical(self, column: str, array: pa.Array, source: str) -> pa.Array:
+        """One type per column (int64 ids, list<int64>, float64 values), whatever the rows came as, so
+        tables of different requests concatenate. float32 -> float64 -> float32 is exact, and so is
+        an integer below 2**53: the values the model sees do not change."""
+        target = pa.float64() if column in self._dense else pa.int64()
+        if column in self._multi:
+            target = pa.list_(pa.int64())
+        try:
+            return array.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise InvalidRowsError(f"{source}: {column}: not representable as {target}: {e}") from None
 
     def bad_rows(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
         """([B] int16 index of each row's first failed check, -1 for good rows; reasons)."""
         return first_failures(feature_checks(table, self.spec), table.num_rows)
 
+    def check(self, rows, source: str = "request") -> pa.Table:
+        """as_table, then every row checked; InvalidRowsError naming column, reason and counts."""
+        table = self.as_table(rows, source)
+        if table.num_rows:
+            first, reasons = self.bad_rows(table)
+            if (first >= 0).any():
+                raise InvalidRowsError(describe_failures(source, first, reasons))
+        return table
+
     def predict(self, rows, source: str = "request") -> dict[str, np.ndarray]:
         """rows -> {target: [B] float32 probability}, in the manifest's target order."""
-        table = self.as_table(rows, source)
-        if table.num_rows == 0:
-            return self.predict_checked(table)
-        first, reasons = self.bad_rows(table)
-        if (first >= 0).any():
-            raise InvalidRowsError(describe_failures(source, first, reasons))
-        return self.predict_checked(table)
+        return self.predict_checked(self.check(rows, source))
 
     def predict_checked(self, table: pa.Table) -> dict[str, np.ndarray]:
         """predict for a table whose rows passed the checks (jobs.predict sets bad rows aside first)."""

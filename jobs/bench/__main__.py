@@ -34,6 +34,8 @@ QUICK = {
     "growth_rows": [1, 2],
     "growth_tables": [2],
     "growth_workers": [1],
+    "serve_rows": 20_000,
+    "serve_repeat": 1,
 }
 
 
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=OVERVIEW,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("what", choices=[*SECTIONS, "quality", "all"])
+    parser.add_argument("what", choices=[*SECTIONS, "quality", "serve", "all"])
     parser.add_argument("--out", default="docs/bench-latest.json")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes for a smoke run (figures mean nothing)"
@@ -88,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-single-task", dest="quality_single_task", action="store_false")
     parser.add_argument("--no-adult", dest="quality_adult", action="store_false")
+    parser.add_argument(
+        "--serve-rows", type=int, default=200_000, help="serve: rows of its train and eval day"
+    )
+    parser.add_argument(
+        "--serve-repeat", type=int, default=2, help="serve: batch-prediction runs (best kept)"
+    )
     parser.add_argument("--quality-epochs", type=_ints, default=[1], help="Adult: epochs of every library")
     return parser
 
@@ -125,7 +133,9 @@ def run(args, argv: list[str] | None = None) -> dict:
     from mtl_rec.config.features import load_feature_spec
     from mtl_rec.config.run import load_run_config
 
-    sections = list(SECTIONS) if args.what == "all" else [] if args.what == "quality" else [args.what]
+    sections = (
+        list(SECTIONS) if args.what == "all" else [] if args.what in ("quality", "serve") else [args.what]
+    )
     command = "python -m jobs.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict = {"machine": machine(), "command": command}
     spec = load_feature_spec(args.spec)
@@ -164,6 +174,12 @@ def run(args, argv: list[str] | None = None) -> dict:
 
         results["quality"] = bench_quality(args)
         print_quality(results["quality"])
+
+    if args.what == "serve":
+        from jobs.bench.serve import bench_serve, print_serve
+
+        results["serve"] = bench_serve(args)
+        print_serve(results["serve"])
 
     rows = summary_rows(results)
     results["summary"] = [

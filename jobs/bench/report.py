@@ -228,10 +228,11 @@ SECTIONS = {
 
 def summary_rows(results: dict) -> list[Row]:
     """The table's rows for every section present in `results` (the JSON jobs.bench writes)."""
-    # imported here: jobs.bench.quality_report builds its rows with this module's Row
+    # imported here: jobs.bench.quality_report and jobs.bench.serve build their rows with this module's Row
     from jobs.bench.quality_report import quality_goal_rows
+    from jobs.bench.serve import serve_rows
 
-    sections = {**SECTIONS, "quality": lambda r: quality_goal_rows(r["runs"])}
+    sections = {**SECTIONS, "quality": lambda r: quality_goal_rows(r["runs"]), "serve": serve_rows}
     return [row for name, build in sections.items() if name in results for row in build(results[name])]
 
 

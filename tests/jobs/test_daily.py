@@ -17,6 +17,8 @@ import pytest
 from jobs.daily import daily, read_promoted
 from jobs.report.gate import describe_failure
 from mtl_rec.config.run import load_run_config
+from mtl_rec.export import resolve_model
+from mtl_rec.serve import Predictor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
@@ -34,6 +36,12 @@ def three_days(tmp_path_factory):
     return root
 
 
+def _live_export(root):
+    """(model id, run it was exported from) of ROOT/serving's live export, loaded as jobs.serve does."""
+    directory, model_id = resolve_model(root / "serving")
+    return model_id, Predictor(directory).manifest["run"]
+
+
 def test_daily_cold_start_warm_start_gate_and_rerun(ray_local, three_days, tmp_path):
     root = tmp_path / "root"
     cfg = load_run_config("jobs/configs/mmoe.yaml", SETTINGS)
@@ -41,6 +49,7 @@ def test_daily_cold_start_warm_start_gate_and_rerun(ray_local, three_days, tmp_p
     first = daily(cfg, dt.date(2026, 11, 18), str(three_days), root, spec_overrides=SPEC)
     assert first["status"] == "cold_start"
     assert read_promoted(root)["date"] == "2026-11-18"
+    assert _live_export(root) == ("2026-11-18", str(root / "runs" / "2026-11-18"))
 
     # 18 steps a day train the ranking, not yet the calibration: the AUC gate alone here (the pred/obs
     # band and the logloss limit: tests/jobs/test_gate.py, and day 3 below).
@@ -59,6 +68,8 @@ def test_daily_cold_start_warm_start_gate_and_rerun(ray_local, three_days, tmp_p
     report = json.loads((root / "reports" / "2026-11-19" / "report.json").read_text())
     assert report["gate"]["passed"] and (root / "reports" / "2026-11-19" / "report.html").is_file()
     assert read_promoted(root)["date"] == "2026-11-19"
+    assert read_promoted(root)["serving"] == str(root / "serving" / "2026-11-19")
+    assert _live_export(root) == ("2026-11-19", str(root / "runs" / "2026-11-19"))
 
     wrecked = load_run_config(
         "jobs/configs/mmoe.yaml", (*SETTINGS, "optim.sparse.lr=500.0", "optim.dense.lr=1.0")
@@ -72,6 +83,7 @@ def test_daily_cold_start_warm_start_gate_and_rerun(ray_local, three_days, tmp_p
     assert third["reason"] == "; ".join(describe_failure(f) for f in gate["failures"])
     assert {f["check"] for f in gate["failures"]} >= {"auc"}
     assert read_promoted(root)["date"] == "2026-11-19", "a rejected day must not move the pointer"
+    assert _live_export(root)[0] == "2026-11-19" and not (root / "serving" / "2026-11-20").exists()
     assert (root / "reports" / "2026-11-20" / "report.json").is_file(), "the report is written either way"
 
     checkpoint_files = sorted(p.name for p in (root / "runs" / "2026-11-19" / "checkpoint").iterdir())
