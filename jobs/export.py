@@ -1,12 +1,13 @@
 """Export a trained run as one self-contained serving artefact (see mtl_rec/export.py for the layout).
 
-    python -m jobs.export --run RUN_DIR --out MODEL_DIR [--tables float32|float16|int8]
+    python -m jobs.export --run RUN_DIR --out MODEL_DIR [--tables float32|float16|int8] [--compile]
 
 Runs on a plain CPU machine with no process group: the tables are gathered whole from the
 checkpoint whatever its world size and sharding plan. MODEL_DIR then serves with
 mtl_rec.serve.Predictor, `python -m jobs.predict` (batch) and `python -m jobs.serve` (HTTP).
-float16 and int8 tables shrink the artefact 2x and ~3.5x; `python -m jobs.bench serve` measures
-what that costs in AUC (docs/benchmarks.md).
+float16 and int8 tables shrink the tables 2x and ~2.7x; `python -m jobs.bench serve` measures what
+that costs in AUC (docs/benchmarks.md). --compile also builds the program with AOTInductor (C++
+kernels, ~1.7x the rows/s on CPU; needs a C++ compiler here, not where it is served; ~30 s).
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ def main(argv=None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="a jobs.train output directory")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tables", choices=TABLE_FORMATS, default="float32", help="table storage")
+    parser.add_argument("--compile", action="store_true", help="also an AOTInductor build (model.aoti.pt2)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    manifest = export_run(args.run, args.out, args.tables)
+    manifest = export_run(args.run, args.out, args.tables, args.compile)
     targets = ", ".join(t["name"] for t in manifest["targets"])
     print(
         f"export: {manifest['arch']} from {manifest['run']} (step {manifest['checkpoint']['step']}, "
         f"{manifest['checkpoint']['world_size']} ranks) -> {args.out}: targets {targets}; "
-        f"{manifest['tables']} tables {manifest['table_bytes'] / 2**20:.1f} MiB; "
+        f"{manifest['tables']} tables {manifest['table_bytes'] / 2**20:.1f} MiB"
+        f"{', compiled (AOTInductor)' if manifest['compiled'] else ''}; "
         f"{time.perf_counter() - started:.1f} s"
     )
     return 0

@@ -1,7 +1,7 @@
 """Serve an export over HTTP with Ray Serve: JSON rows in, per-target probabilities out.
 
     python -m jobs.serve --model MODEL_DIR|SERVING_DIR [--host 127.0.0.1] [--port 8000]
-        [--replicas 1] [--replica-cpus 1] [--max-batch 32] [--batch-wait-ms 2] [--address ADDR]
+        [--replicas 1] [--replica-cpus 1] [--max-batch 32] [--batch-wait-ms 0] [--address ADDR]
 
     POST /predict   {"rows": [{column: value, ...}, ...]}, a list of rows, or one row object
                     -> 200 {"predictions": {target: [p, ...]}, "model": MODEL_ID}
@@ -13,8 +13,9 @@
 It listens on loopback unless --host says otherwise: the endpoint runs a model, not a public API.
 Each replica is a mtl_rec.serve.Predictor (the training code's row checks, id maps and scaling).
 Requests arriving together are scored as one batch (Ray Serve's @serve.batch: up to --max-batch
-requests, waiting at most --batch-wait-ms for company); each request is checked on its own first, so a
-bad row fails its request alone.
+requests; those that queued while the previous batch ran go together, and --batch-wait-ms > 0 also
+waits that long for company, which only adds latency at low load); each request is checked on its
+own first, so a bad row fails its request alone.
 
 MODEL_DIR is one export (python -m jobs.export). SERVING_DIR is where jobs.daily publishes the promoted
 model: exports side by side and current.json naming the live one, replaced atomically. Every replica
@@ -88,7 +89,7 @@ class PredictorDeployment:
             except Exception as e:  # noqa: BLE001 - a half-published or bad promotion: keep serving
                 print(f"serve: keeping {self.model_id}: cannot load the new promotion: {e}", flush=True)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _score(self, requests: list[tuple[Predictor, pa.Table]]) -> list[dict]:
         """Checked tables of the requests batched together -> one {target: [n_i]} per request."""
         results: list[dict | None] = [None] * len(requests)
@@ -133,7 +134,7 @@ def start_server(
     replicas: int = 1,
     replica_cpus: float = 1.0,
     max_batch: int = 32,
-    batch_wait_ms: float = 2.0,
+    batch_wait_ms: float = 0.0,
     address: str | None = None,
 ) -> str:
     """Start (or join) Ray, start Serve's HTTP proxy on host:port and deploy the predictor; returns
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--replica-cpus", type=float, default=1.0)
     parser.add_argument("--max-batch", type=int, default=32, help="requests scored together at most")
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0)
+    parser.add_argument("--batch-wait-ms", type=float, default=0.0)
     parser.add_argument("--address", default=None, help="a Ray cluster to join (default: start one)")
     args = parser.parse_args(argv)
     url = start_server(

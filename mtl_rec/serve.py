@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+import torch._inductor
 
 from mtl_rec.config.features import SPEC_FILE, load_feature_spec
 from mtl_rec.config.stats import FeatureStats
-from mtl_rec.export import EXPORT_FORMAT, MANIFEST, PROGRAM, STATS_FILE, sha256_file
+from mtl_rec.export import COMPILED, EXPORT_FORMAT, MANIFEST, PROGRAM, STATS_FILE, sha256_file
 from mtl_rec.transform import describe_failures, feature_checks, first_failures, model_inputs
 
 
@@ -66,9 +67,11 @@ class Predictor:
 
     model_dir: the export's directory
     threads:   torch intra-op threads (None: leave torch's setting)
+    compiled:  run model.aoti.pt2 where the export has it (the same program, compiled); False: the
+               ExportedProgram in model.pt2 (the `program` used either way is in `self.runs`)
     """
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, threads: int | None = None, compiled: bool = True) -> None:
         self.model_dir = Path(model_dir)
         manifest_path = self.model_dir / MANIFEST
         if not manifest_path.is_file():
@@ -89,7 +92,13 @@ class Predictor:
         self.columns = tuple(self.manifest["inputs"]["columns"])
         if threads:
             torch.set_num_threads(threads)
-        self.program = torch.export.load(str(self.model_dir / PROGRAM)).module()
+        if compiled and COMPILED in self.manifest["files"]:
+            self.program, self.runs = (
+                torch._inductor.aoti_load_package(str(self.model_dir / COMPILED)),
+                COMPILED,
+            )
+        else:
+            self.program, self.runs = torch.export.load(str(self.model_dir / PROGRAM)).module(), PROGRAM
         self._dense = {f.column for f in self.spec.dense}
         self._multi = {f.column for f in self.spec.sparse if f.multi_hot}
 

@@ -25,7 +25,7 @@ from mtl_rec.config import SampleSpace, from_dict
 from mtl_rec.config.features import spec_yaml
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.run import RunConfig
-from mtl_rec.export import PROGRAM, TableLookup, export_run
+from mtl_rec.export import COMPILED, PROGRAM, TableLookup, export_run
 from mtl_rec.losses import task_losses, weighted_sum
 from mtl_rec.metrics import eval_targets
 from mtl_rec.models.model import MultiTaskModel
@@ -232,3 +232,15 @@ def test_quantised_tables_stay_within_their_error_bounds():
     bound = (weight.max(1).values - weight.min(1).values)[:, None] / 510  # half a step per row
     assert ((int8 - weight).abs() <= bound * (1 + 1e-4) + 1e-7).all() and torch.equal(int8[7], weight[7])
     assert TableLookup(weight, "int8").weight.dtype == torch.uint8
+
+
+def test_the_aoti_build_predicts_what_the_exported_program_does(exported, tmp_path):
+    model_dir, model, spec, stats, cfg = exported
+    export_run(model_dir.parent / "run", tmp_path / "compiled", compile=True)
+    compiled, plain = Predictor(tmp_path / "compiled"), Predictor(tmp_path / "compiled", compiled=False)
+    assert (compiled.runs, plain.runs) == (COMPILED, PROGRAM)
+    rows = tiny_table(64, seed=9)
+    for chosen in (rows, rows.slice(5, 1)):  # a batch, and a single row (the build's dynamic batch)
+        fast, reference = compiled.predict(chosen), plain.predict(chosen)
+        for name in plain.targets:  # other kernels (fused C++), the same math: float32 ulps
+            assert_float32_close(fast[name], reference[name], PREDICTION_ULPS, msg=name)
