@@ -35,7 +35,7 @@ from mtl_rec.config.model import TaskConfig
 from mtl_rec.config.run import load_run_config
 from mtl_rec.metrics import eval_targets
 
-PRESETS = ("shared_bottom", "mmoe", "ple", "esmm")
+PRESETS = ("shared_bottom", "mmoe", "ple", "adatt", "esmm")
 # The single-task baselines: one task each, scored like the presets' targets of the same name.
 SINGLE_TASKS = (
     {"name": "ctr", "label": "click", "space": "all"},

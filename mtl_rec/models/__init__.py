@@ -36,6 +36,7 @@ from typing import Any
 from torch import nn
 
 from mtl_rec.config.model import ModelConfig
+from mtl_rec.models.adatt import AdaTT, AdaTTConfig
 from mtl_rec.models.aitm import AITM, AITMConfig
 from mtl_rec.models.asymmetric import Asymmetric, AsymmetricConfig
 from mtl_rec.models.cgc import CGC, CGCConfig
@@ -61,6 +62,7 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "snr": (SNR, SNRConfig),
     "aitm": (AITM, AITMConfig),
     "escm2": (ESCM2, ESCM2Config),
+    "adatt": (AdaTT, AdaTTConfig),
 }
 
 
@@ -80,6 +82,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AdaTT",
+    "AdaTTConfig",
     "AITM",
     "AITMConfig",
     "ESCM2",

@@ -85,8 +85,9 @@ def make_spec() -> FeatureSpec:
     return from_dict(FeatureSpec, SPEC)
 
 
-def make_config() -> RunConfig:
-    return from_dict(RunConfig, CONFIG)
+def make_config(model: dict | None = None) -> RunConfig:
+    """CONFIG, with another `model` section where given (tests of other backbones)."""
+    return from_dict(RunConfig, CONFIG if model is None else {**CONFIG, "model": model})
 
 
 def make_batch(spec: FeatureSpec, start: int = 0, end: int = ROWS, seed: int = 0) -> Batch:
@@ -187,11 +188,11 @@ def assemble(per_rank: list[dict], key: str, shape: torch.Size) -> Tensor:
 # ---------------------------------------------------------------- one training step, on 1 or 2 ranks
 
 
-def _train_step_worker(rank: int, out_dir: Path, slices: tuple[tuple[int, int], ...]) -> None:
+def _train_step_worker(rank: int, out_dir: Path, slices: tuple[tuple[int, int], ...], model=None) -> None:
     """One step of the real stack on rows slices[rank]; everything to compare goes to rank{rank}.pt."""
     from mtl_rec.sharding import plan_summary
 
-    spec, cfg = make_spec(), make_config()
+    spec, cfg = make_spec(), make_config(model)
     sharded = sharded_model(spec, cfg, seed=0)
     load_full_state(sharded.model, reference_model(spec, cfg).state_dict())
     tables_before = local_tables(sharded.model)
@@ -226,9 +227,11 @@ def _train_step_worker(rank: int, out_dir: Path, slices: tuple[tuple[int, int], 
     )
 
 
-def _run_step(out_dir: Path, slices: tuple[tuple[int, int], ...]) -> list[dict]:
+def run_step(out_dir: Path, slices: tuple[tuple[int, int], ...], model: dict | None = None) -> list[dict]:
+    """One training step on len(slices) gloo ranks (CONFIG, or CONFIG with `model`): per rank, the
+    log_p, counts, gradients, dense parameters and tables before and after."""
     out_dir.mkdir(parents=True)
-    run_on_ranks(_train_step_worker, out_dir, slices, world_size=len(slices), timeout_s=TIMEOUT_S)
+    run_on_ranks(_train_step_worker, out_dir, slices, model, world_size=len(slices), timeout_s=TIMEOUT_S)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(len(slices))]
 
 
@@ -236,7 +239,7 @@ def _run_step(out_dir: Path, slices: tuple[tuple[int, int], ...]) -> list[dict]:
 def one_step(tmp_path_factory):
     """(1-rank results on the whole batch, 2-rank results on uneven halves), each a list per rank."""
     root = tmp_path_factory.mktemp("sharding")
-    return _run_step(root / "one", ONE_RANK), _run_step(root / "two", TWO_RANKS)
+    return run_step(root / "one", ONE_RANK), run_step(root / "two", TWO_RANKS)
 
 
 def _tables(per_rank: list[dict], which: str, reference: MultiTaskModel) -> dict[str, Tensor]:
