@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 import torch
 from ray.train import DataConfig as RayDataConfig
 
@@ -355,12 +356,14 @@ def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> di
 
 
 def _write_worker_file(run_dir: Path) -> None:
-    """RUN_DIR/workers/rank<R>.json: this process's pid and start time (operators and fault tests)."""
+    """RUN_DIR/workers/rank<R>.json: this process's pid, Ray node and start time (operators and
+    fault tests)."""
     from mtl_rec.distributed import rank
 
     folder = run_dir / "workers"
     folder.mkdir(parents=True, exist_ok=True)
-    info = {"pid": os.getpid(), "rank": rank(), "started": time.time()}
+    node = ray.get_runtime_context().get_node_id()
+    info = {"pid": os.getpid(), "rank": rank(), "node": node, "started": time.time()}
     (folder / f"rank{rank()}.json").write_text(json.dumps(info))
 
 
