@@ -25,12 +25,7 @@ from tqdm import tqdm
 from jobs.cli import run_job
 from mtl_rec.config import SampleSpace, load_feature_spec
 from mtl_rec.config.data import DataConfig
-
-
-def oracle_auc(label: np.ndarray, truth: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(label, truth)) if 0 < label.sum() < len(label) else None
+from mtl_rec.evaluation import exact_auc
 
 
 def check_logs(
@@ -88,7 +83,7 @@ def check_logs(
             "space": space_text,
             "rows": int(space.sum()),
             "positives": int(labels[label][space].sum()),
-            "oracle_auc": oracle_auc(labels[label][space], merged[f"meta.{truth}"][space]),
+            "oracle_auc": exact_auc(labels[label][space], merged[f"meta.{truth}"][space]),
         }
     report = {
         "logs": str(logs),

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from jobs.logsim import World, file_rng
+from mtl_rec.evaluation import exact_auc
 
 __all__ = ["SCHEMA", "GeneratorConfig", "generate_logs", "main"]
 
@@ -299,9 +300,9 @@ def generate_logs(
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score  # slow to import; only the summary needs it
-
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+    """exact_auc, NaN for a single class (the summary's tables print it as such)."""
+    auc = exact_auc(labels, scores)
+    return float("nan") if auc is None else auc
 
 
 def day_summary(labels: dict[str, np.ndarray]) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""Offline-report metrics beyond mtl_rec.metrics: GAUC, normalised entropy, calibration and ECE,
-and an exact AUC in bounded memory (the bootstrap of AUC deltas: mtl_rec.bootstrap). Pure numpy.
+"""Offline-report metrics: the AUC family (`exact_auc` in memory, `streaming_auc` in bounded memory,
+labels first everywhere), GAUC, normalised entropy, calibration and ECE (the bootstrap of AUC deltas:
+mtl_rec.bootstrap). Pure numpy, so jobs that only count (make_logs, check_logs) stay light.
 
 Bounded memory. Every function here reads its rows as chunks (re-iterable sources), so a day that
 does not fit in one process is scored in passes over narrow per-row columns, never loaded whole:
@@ -198,8 +199,41 @@ def low_bits_histogram(chunks, key: int) -> tuple[np.ndarray, np.ndarray]:
     return pos, total - pos
 
 
-def in_memory_auc(scores: np.ndarray, labels: np.ndarray, budget_rows: int = 1 << 62) -> float | None:
-    """streaming_auc over in-memory arrays (the same code path the Parquet reader drives)."""
+def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC by Mann-Whitney U with average ranks for ties; None if only one class (or no row).
+
+    labels: [N] in {0, 1};  scores: [N] finite floats (any dtype; ranked in float64).
+    Equal to sklearn.metrics.roc_auc_score (a tie counts 1/2), in O(N log N). The rank sum is kept
+    as an exact int64 of doubled ranks, so the only rounding is the final division.
+    """
+    positive = binary_labels(labels)  # [N] bool
+    scores = np.asarray(scores, dtype=np.float64).ravel()  # [N]
+    if scores.shape != positive.shape:
+        raise ValueError(f"labels and scores differ in length: {positive.shape} vs {scores.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or inf")
+    rows = positive.size
+    positives = int(positive.sum())
+    negatives = rows - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="stable")  # [N]
+    sorted_scores = scores[order]  # [N] ascending
+    starts_group = np.empty(rows, dtype=bool)  # [N]: True where a run of equal scores begins
+    starts_group[0] = True
+    starts_group[1:] = sorted_scores[1:] != sorted_scores[:-1]
+    group_start = np.flatnonzero(starts_group)  # [G] 0-based first index of each tie group
+    group_end = np.append(group_start[1:], rows)  # [G] exclusive end
+    twice_mean_rank = group_start + 1 + group_end  # [G] int64: 2 x mean of 1-based ranks start+1..end
+    positives_per_group = np.add.reduceat(positive[order].astype(np.int64), group_start)  # [N] -> [G]
+    twice_rank_sum = int(np.dot(twice_mean_rank, positives_per_group))  # [G] . [G] -> exact int
+    twice_u = twice_rank_sum - positives * (positives + 1)  # 2 x Mann-Whitney U of the positives
+    return twice_u / (2 * positives * negatives)
+
+
+def in_memory_auc(labels: np.ndarray, scores: np.ndarray, budget_rows: int = 1 << 62) -> float | None:
+    """streaming_auc over in-memory arrays (the same code path the Parquet reader drives); labels
+    first, like mtl_rec.metrics.exact_auc and sklearn's roc_auc_score."""
     histogram = ScoreHistogram()
     histogram.update(scores, labels)
     keys = radix_keys(scores)

@@ -21,8 +21,9 @@ Example::
     ...         acc.update(model(batch), batch)
     >>> acc.compute()["cvr"]["auc"]            # the same on every rank
     0.7312
-    >>> exact_auc(np.array([0, 1, 1]), np.array([0.2, 0.2, 0.9]))
-    0.75
+
+The AUC functions (exact_auc, streaming_auc, in_memory_auc) live in mtl_rec.evaluation, numpy only,
+all with labels first.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from mtl_rec.config.features import FeatureSpec
 from mtl_rec.config.model import TaskConfig, validate_tasks
 from mtl_rec.config.spaces import SampleSpace, space_key
 from mtl_rec.distributed import all_reduce_max, gather_concat
-from mtl_rec.evaluation import ScoreHistogram, binary_labels, calibration
+from mtl_rec.evaluation import ScoreHistogram, binary_labels, calibration, exact_auc
 from mtl_rec.models.heads import TaskOutputs
 
 
@@ -117,38 +118,6 @@ def required_spaces(tasks: Sequence[TaskConfig], spec: FeatureSpec) -> dict[str,
     keys = ["all", *(space_key(task.space) for task in tasks)]
     keys += [target.space for target in eval_targets(tasks, spec)]
     return {key: SampleSpace.parse(key, spec.labels) for key in dict.fromkeys(keys)}
-
-
-def exact_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC by Mann-Whitney U with average ranks for ties; None if only one class (or no row).
-
-    labels: [N] in {0, 1};  scores: [N] finite floats (any dtype; ranked in float64).
-    Equal to sklearn.metrics.roc_auc_score (a tie counts 1/2), in O(N log N). The rank sum is kept
-    as an exact int64 of doubled ranks, so the only rounding is the final division.
-    """
-    positive = binary_labels(labels)  # [N] bool
-    scores = np.asarray(scores, dtype=np.float64).ravel()  # [N]
-    if scores.shape != positive.shape:
-        raise ValueError(f"labels and scores differ in length: {positive.shape} vs {scores.shape}")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores contain NaN or inf")
-    rows = positive.size
-    positives = int(positive.sum())
-    negatives = rows - positives
-    if positives == 0 or negatives == 0:
-        return None
-    order = np.argsort(scores, kind="stable")  # [N]
-    sorted_scores = scores[order]  # [N] ascending
-    starts_group = np.empty(rows, dtype=bool)  # [N]: True where a run of equal scores begins
-    starts_group[0] = True
-    starts_group[1:] = sorted_scores[1:] != sorted_scores[:-1]
-    group_start = np.flatnonzero(starts_group)  # [G] 0-based first index of each tie group
-    group_end = np.append(group_start[1:], rows)  # [G] exclusive end
-    twice_mean_rank = group_start + 1 + group_end  # [G] int64: 2 x mean of 1-based ranks start+1..end
-    positives_per_group = np.add.reduceat(positive[order].astype(np.int64), group_start)  # [N] -> [G]
-    twice_rank_sum = int(np.dot(twice_mean_rank, positives_per_group))  # [G] . [G] -> exact int
-    twice_u = twice_rank_sum - positives * (positives + 1)  # 2 x Mann-Whitney U of the positives
-    return twice_u / (2 * positives * negatives)
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:

@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 from scipy import sparse as sp
 
 from mtl_rec.config import FeatureSpec, SampleSpace
-from mtl_rec.metrics import EvalTarget, calibration_summary, exact_auc
+from mtl_rec.evaluation import exact_auc
+from mtl_rec.metrics import EvalTarget, calibration_summary
 from mtl_rec.transform import dense_matrix
 from pipelines.read import inspect_logs, parse_dates, read_file_blocks
 from pipelines.validate import validate_block

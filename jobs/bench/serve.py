@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from jobs.bench.common import day, ensure_logs, local_ray
 from jobs.bench.report import Row, format_table
 from mtl_rec.config import SampleSpace
-from mtl_rec.metrics import exact_auc
+from mtl_rec.evaluation import exact_auc
 
 TRAIN_DAY, EVAL_DAY = day(14), day(15)  # days of their own: other sections keep theirs at other sizes
 # (name, tables, AOTInductor build): the AUC of float16 / int8 tables is compared with float32's.

@@ -30,13 +30,13 @@ def test_streaming_auc_equals_sklearn_under_any_memory_budget(budget_rows):
     labels = (rng.uniform(size=4000) < np.clip(scores, 0.05, 0.95)).astype(np.int8)
     # the budget forces gathers of key runs and, for the 0.5 cluster (~1,200 rows, one key), low bits
     assert (radix_keys(scores) == radix_keys(np.float32([0.5]))[0]).sum() > 700
-    assert in_memory_auc(scores, labels, budget_rows) == pytest.approx(
+    assert in_memory_auc(labels, scores, budget_rows) == pytest.approx(
         roc_auc_score(labels, scores), abs=1e-12
     )
 
 
 def test_streaming_auc_single_class_is_none():
-    assert in_memory_auc(np.float32([0.1, 0.2]), np.array([1, 1])) is None
+    assert in_memory_auc(np.array([1, 1]), np.float32([0.1, 0.2])) is None
 
 
 def test_radix_keys_order_like_scores():
