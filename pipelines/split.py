@@ -46,11 +46,16 @@ class HoldoutSplit:
             raise ValueError(f"split part must be 'train' or 'holdout', got {self.part!r}")
 
     def keep(self, table: pa.Table) -> np.ndarray:
-        """[n] bool: the rows of `table` on this split's side."""
-        keys = table[self.column].to_numpy().astype(np.uint64)  # [n] (two's complement for negatives)
+        """[n] bool: the rows of `table` on this split's side. A null key has no hash: its row goes to
+        the train side, always (where validation sets it aside as a bad row and counts it), so it is
+        on exactly one side, the same one on every machine."""
+        column = table[self.column]
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        nulls = column.is_null().to_numpy(zero_copy_only=False)  # [n] bool
+        keys = column.fill_null(0).to_numpy().astype(np.uint64)  # [n] (two's complement for negatives)
         hashed = splitmix64(keys ^ np.uint64(self.salt))  # [n] uint64
         threshold = np.uint64(min(int(self.fraction * 2.0**64), 2**64 - 1))
-        held_out = hashed < threshold  # [n] bool
+        held_out = (hashed < threshold) & ~nulls  # [n] bool
         return held_out if self.part == "holdout" else ~held_out
 
 

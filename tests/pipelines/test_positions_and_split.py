@@ -116,3 +116,17 @@ def test_validation_holdout_is_independent_of_the_daily_one_and_the_three_parts_
     # another salt: the validation rows are a fifth of the daily-train rows, not a slice of the hash
     assert abs(parts[1].sum() / daily_train.keep(table).sum() - 0.2) < 0.005
     assert abs(valid.keep(table)[daily_holdout.keep(table)].mean() - 0.2) < 0.01
+
+
+def test_a_null_key_lands_on_the_train_side_once_and_the_rest_split_as_without_it():
+    ids = pa.array([5, None, 17, None, 99_000_123, 42], pa.int64())
+    table = pa.table({"request_id": ids})
+    train, holdout = HoldoutSplit(0.5, "train").keep(table), HoldoutSplit(0.5, "holdout").keep(table)
+    assert (train ^ holdout).all()  # every row on exactly one side
+    assert (
+        train[[1, 3]].all() and not holdout[[1, 3]].any()
+    )  # nulls: the train side, where validation counts them
+    valid = pa.table({"request_id": ids.filter(ids.is_valid())})
+    np.testing.assert_array_equal(holdout[[0, 2, 4, 5]], HoldoutSplit(0.5, "holdout").keep(valid))
+    chunked = pa.table({"request_id": pa.chunked_array([ids.slice(0, 3), ids.slice(3)])})
+    np.testing.assert_array_equal(HoldoutSplit(0.5, "train").keep(chunked), train)
