@@ -62,26 +62,26 @@ from jobs.report.gate import (
     parse_band,
     parse_increase,
 )
-from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.run import RunConfig, load_run_config
 
 PROMOTED = "promoted.json"
 SERVING = "serving"
 
 
-def _export_for_serving(run_dir: Path, serving: Path, day: str) -> str | None:
-    """Export the promoted run to SERVING/DAY and make it the live model; the export's path, or
-    None (said on stdout) for a model export cannot handle yet: the promotion itself stands."""
+def _export_for_serving(run_dir: Path, serving: Path, day: str) -> dict:
+    """Export the promoted run to SERVING/DAY and make it the live model. {"export": path} or, where
+    the export fails (a model export cannot handle yet), {"export": None, "error": why}, printed:
+    the promotion itself stands, and the live model stays the previous one."""
     # Here, not at the top: mtl_rec.export loads torchrec, which a driver only needs on promotion.
     from mtl_rec.export import export_run, publish
 
     try:
         export_run(run_dir, serving / day)
-    except ConfigError as e:
-        print(f"{day}: promoted, but not exported for serving: {e}")
-        return None
+    except Exception as e:  # noqa: BLE001 - recorded in the decision and printed, not swallowed
+        print(f"{day}: promoted, but NOT exported for serving (the live model is unchanged): {e}")
+        return {"export": None, "error": f"{type(e).__name__}: {e}"}
     publish(serving, day, {"date": day, "run": str(run_dir)})
-    return str(serving / day)
+    return {"export": str(serving / day)}
 
 
 def _write_atomic(path: Path, data: dict) -> None:
@@ -178,7 +178,10 @@ def daily(
         "seconds": time.time() - started,
     }
     if status in ("promoted", "cold_start"):
-        decision["serving"] = _export_for_serving(run_dir, root / SERVING, day)
+        serving = _export_for_serving(run_dir, root / SERVING, day)
+        decision["serving"] = serving["export"]
+        if "error" in serving:
+            decision["serving_error"] = serving["error"]
         _write_atomic(
             root / PROMOTED,
             {

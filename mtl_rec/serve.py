@@ -35,7 +35,7 @@ import torch._inductor
 
 from mtl_rec.config.features import SPEC_FILE, load_feature_spec
 from mtl_rec.config.stats import FeatureStats
-from mtl_rec.export import COMPILED, EXPORT_FORMAT, MANIFEST, PROGRAM, STATS_FILE, sha256_file
+from mtl_rec.export import COMPILED, EXPORT_FORMAT, MANIFEST, MIN_ROWS, PROGRAM, STATS_FILE, sha256_file
 from mtl_rec.transform import describe_failures, feature_checks, first_failures, model_inputs
 
 
@@ -173,8 +173,11 @@ class Predictor:
 
     def predict_checked(self, table: pa.Table) -> dict[str, np.ndarray]:
         """predict for a table whose rows passed the checks (jobs.predict sets bad rows aside first)."""
-        if table.num_rows == 0:
+        rows = table.num_rows
+        if rows == 0:
             return {name: np.zeros(0, np.float32) for name in self.targets}
+        if rows < MIN_ROWS:  # the program's smallest batch: the row again, its copy's scores dropped
+            table = pa.concat_tables([table] * MIN_ROWS)
         inputs = model_inputs(table, self.spec, self.stats)
         multi = [
             torch.from_numpy(a) for pair in inputs.multi for a in pair
@@ -183,5 +186,5 @@ class Predictor:
             probabilities = self.program(
                 torch.from_numpy(inputs.single), torch.from_numpy(inputs.dense), *multi
             )
-        probabilities = probabilities.numpy()  # [B, T]
+        probabilities = probabilities.numpy()[:rows]  # [B, T]
         return {name: probabilities[:, j] for j, name in enumerate(self.targets)}
