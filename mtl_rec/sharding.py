@@ -210,6 +210,24 @@ def plan_summary(plan: ShardingPlan) -> dict:
     return summary
 
 
+def describe_plan(plan: ShardingPlan, world: int) -> str:
+    """One line per sharding type, tables with their ranks: what a person reads at start-up (the
+    whole plan, shard by shard, is RUN_DIR/plan.json). E.g.
+    'sharding plan (2 ranks): table_wise: user_id@1 item_id@0; data_parallel: 13 tables (age_bucket, ...)'"""
+    by_type: dict[str, list[str]] = {}
+    for table, entry in plan_summary(plan).items():
+        ranks = ",".join(str(r) for r in entry["ranks"] or [])
+        by_type.setdefault(entry["sharding_type"], []).append(f"{table}@{ranks}" if ranks else table)
+    parts = []
+    for sharding_type, tables in by_type.items():
+        if sharding_type == "data_parallel":  # on every rank: the names alone
+            names = ", ".join(t.split("@")[0] for t in tables)
+            parts.append(f"data_parallel: {len(tables)} tables ({names})")
+        else:
+            parts.append(f"{sharding_type}: {' '.join(tables)}")
+    return f"sharding plan ({world} ranks): " + "; ".join(parts)
+
+
 def plan_types(plan_json: str) -> dict[str, str]:
     """{table: sharding type} of a plan_to_json text (a checkpoint's plan.json)."""
     return {table: entry["sharding_type"] for table, entry in json.loads(plan_json).items()}

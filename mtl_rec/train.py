@@ -121,7 +121,7 @@ def train_worker(inputs: WorkerInputs) -> None:
     from mtl_rec.models.model import MultiTaskModel
     from mtl_rec.run_state import RunProgress
     from mtl_rec.schedule import LRSchedule, ScheduledLR
-    from mtl_rec.sharding import plan_to_json, shard_model
+    from mtl_rec.sharding import describe_plan, plan_to_json, shard_model
     from mtl_rec.weighting import build_weighting
     from pipelines.dataset import iter_batches, start_early
 
@@ -162,7 +162,7 @@ def train_worker(inputs: WorkerInputs) -> None:
     _write_worker_file(run_dir)
     if rank() == 0:
         (run_dir / "plan.json").write_text(plan_json)
-        print(f"[rank 0] sharding plan ({world} ranks):\n{sharded.plan}", flush=True)
+        print(f"[rank 0] {describe_plan(sharded.plan, world)}; shards in {run_dir / 'plan.json'}", flush=True)
 
     # Every checkpoint (RUN_DIR/checkpoint, RUN_DIR/best) describes itself: scoring, warm start and
     # resume read its spec and statistics, never the working copy's features file.
