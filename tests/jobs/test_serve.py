@@ -8,7 +8,6 @@ carries that model's scores."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -22,16 +21,11 @@ from jobs.export import main as export_main
 from jobs.serve import APP_NAME, start_server
 from mtl_rec.export import publish
 from mtl_rec.serve import Predictor
+from tests.harness import _free_port
 from tests.jobs.test_evaluate import evaluated  # noqa: F401  (the shared session fixture)
 
 pytestmark = pytest.mark.e2e
 DAY = "2026-11-19"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _call(url: str, body=None, method: str | None = None, raw: bytes | None = None) -> tuple[int, dict]:

@@ -59,6 +59,15 @@ def _run_files(cfg: RunConfig, spec, stats) -> dict[str, str]:
     }
 
 
+def _saved_run(run_dir: Path, model, cfg: RunConfig, spec):
+    """RUN_DIR/checkpoint of an unsharded `model`, as one process writes it, with the files export
+    reads (statistics from 200 rows of tiny_table); returns those statistics."""
+    stats = _stats(spec, tiny_table(200, seed=1))
+    files = _run_files(cfg, spec, stats)
+    save_checkpoint(model, run_dir / "checkpoint", files=files, manifest={"world_size": 1})
+    return stats
+
+
 def _program_inputs(batch, spec) -> tuple[torch.Tensor, ...]:
     """A Batch's KJT and dense -> the exported program's inputs (ServingModel.forward)."""
     features = batch.sparse.to_dict()
@@ -122,22 +131,24 @@ def test_a_two_rank_checkpoint_exports_whole_and_predicts_as_the_sharded_model(t
 
 # ---------------------------------------------------------------- 2. Predictor on raw rows
 
+CHAIN_TASKS = [
+    {"name": "ctr", "label": "click", "tower": {"hidden": [4]}},
+    {
+        "name": "ctcvr",
+        "label": "conversion",
+        "parent": "ctr",
+        "conditional_name": "cvr",
+        "tower": {"hidden": [4]},
+    },
+]
+
 ESMM_CONFIG = {
     "model": {
         "arch": "mmoe",
         "params": {"num_experts": 2, "expert": {"hidden": [8]}},
         "dense_arch": {"hidden": []},
     },
-    "tasks": [
-        {"name": "ctr", "label": "click", "tower": {"hidden": [4]}},
-        {
-            "name": "ctcvr",
-            "label": "conversion",
-            "parent": "ctr",
-            "conditional_name": "cvr",
-            "tower": {"hidden": [4]},
-        },
-    ],
+    "tasks": CHAIN_TASKS,
     "sharding": {"tables": {}},
 }
 
@@ -152,10 +163,7 @@ def exported(tmp_path_factory):
     with torch.no_grad():  # rows of visible size (the init is near 0): a lookup bug must show
         for bag in model.sparse_arch.ebc.embedding_bags.values():
             bag.weight.normal_(0, 0.5)
-    stats = _stats(spec, tiny_table(200, seed=1))
-    save_checkpoint(
-        model, root / "run" / "checkpoint", files=_run_files(cfg, spec, stats), manifest={"world_size": 1}
-    )
+    stats = _saved_run(root / "run", model, cfg, spec)
     export_run(root / "run", root / "model")
     return root / "model", model.eval(), spec, stats, cfg
 
@@ -250,16 +258,6 @@ def test_the_aoti_build_predicts_what_the_exported_program_does(exported, tmp_pa
             assert_float32_close(fast[name], reference[name], PREDICTION_ULPS, msg=name)
 
 
-CHAIN_TASKS = [
-    {"name": "ctr", "label": "click", "tower": {"hidden": [4]}},
-    {
-        "name": "ctcvr",
-        "label": "conversion",
-        "parent": "ctr",
-        "conditional_name": "cvr",
-        "tower": {"hidden": [4]},
-    },
-]
 CLICK_SPACE_TASKS = [  # for backbones whose params name tasks of their own (AITM's sequence)
     {"name": "ctr", "label": "click"},
     {"name": "cvr", "label": "conversion", "space": "click == 1"},
@@ -282,10 +280,7 @@ def test_every_backbone_exports_and_serves_what_it_computes_in_training(arch, tm
         )
     torch.manual_seed(0)
     model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu").eval()
-    stats = _stats(spec, tiny_table(200, seed=1))
-    save_checkpoint(
-        model, tmp_path / "run" / "checkpoint", files=_run_files(cfg, spec, stats), manifest={"world_size": 1}
-    )
+    stats = _saved_run(tmp_path / "run", model, cfg, spec)
     if arch == "star":
         with pytest.raises(ConfigError, match="STAR reads per-row domains"):
             export_run(tmp_path / "run", tmp_path / "model")
