@@ -32,9 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobs.compare_weighting import default_dates
-from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml
+from mtl_rec.config.loader import ConfigError, apply_overrides, load_yaml
 from mtl_rec.config.model import parse_tasks
 from mtl_rec.config.run import RunConfig
+from mtl_rec.run_config import run_config_from_dict
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -83,7 +84,7 @@ def arch_config(arch: str, base: str | Path, overrides: Sequence[str]) -> tuple[
 def _run_config(arch: str, base: str | Path, data: dict, overrides: Sequence[str]) -> RunConfig:
     data = apply_overrides(data, list(overrides))
     try:
-        cfg = from_dict(RunConfig, data)
+        cfg = run_config_from_dict(data)
         parse_tasks(data["tasks"], cfg.feature_spec().labels)
     except ConfigError as e:
         raise ConfigError(f"{arch} (base {base}): {e}") from e
@@ -142,7 +143,7 @@ def compare(
 
     overrides = list(overrides)
     if rows:  # the same number of steps for every arch: batch size and workers come from the base
-        base_cfg = from_dict(RunConfig, apply_overrides(load_yaml(base), overrides))
+        base_cfg = run_config_from_dict(apply_overrides(load_yaml(base), overrides))
         overrides.append(f"train.max_steps={_steps_for_rows(base_cfg, rows)}")
     configs, results = {}, {}
     for arch in archs:  # every config problem before the first run

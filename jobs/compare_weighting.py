@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 
 
 def default_dates(logs: str) -> tuple[str, str]:

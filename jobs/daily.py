@@ -62,7 +62,8 @@ from jobs.report.gate import (
     parse_band,
     parse_increase,
 )
-from mtl_rec.config.run import RunConfig, load_run_config
+from mtl_rec.config.run import RunConfig
+from mtl_rec.run_config import load_run_config
 
 PROMOTED = "promoted.json"
 SERVING = "serving"

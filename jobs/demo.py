@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     from jobs.check_logs import check_logs
     from jobs.make_logs import GeneratorConfig, generate_logs
     from jobs.train import start_ray, train
-    from mtl_rec.config.run import load_run_config
+    from mtl_rec.run_config import load_run_config
 
     logs = args.out / "logs"
     start = dt.date.fromisoformat(args.start)

@@ -54,7 +54,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from jobs.cli import run_job
+from jobs.report import plots
 from jobs.report.compute import ReportSettings, compute_metrics
 from jobs.report.gate import (
     DEFAULT_CALIBRATION_BAND,
@@ -67,15 +71,19 @@ from jobs.report.gate import (
     parse_band,
     parse_increase,
 )
+from jobs.report.render import render_html, render_markdown
 from jobs.report.score import RunArtifacts, load_run, score_runs
 from jobs.report.store import PredictionStore, merge_scores
+from jobs.train import start_ray
+from pipelines.read import inspect_logs, list_partitions, parse_dates
+from pipelines.split import HoldoutSplit
+from pipelines.validate import quarantine_summary
 
 SCHEMA_VERSION = 1
 
 
 def _inventories(run: RunArtifacts, logs: str, days: list[dt.date]) -> dict:
     """{day: LogInventory} with the run's spec (footers checked)."""
-    from pipelines.read import inspect_logs
 
     data = run.cfg.data
     return {
@@ -91,10 +99,6 @@ AUTO_SLICE_COLUMN = "device"
 
 def _auto_slice_column(logs: str, days: list, date_column: str) -> str | None:
     """AUTO_SLICE_COLUMN where it is an integer column of every file of the days, else None."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipelines.read import list_partitions
 
     for log_file in list_partitions(logs, days, date_column):
         schema = pq.read_schema(log_file.path)
@@ -111,8 +115,6 @@ def _auto_slice_column(logs: str, days: list, date_column: str) -> str | None:
 
 def _check_slice_column(inventories: dict, column: str | None) -> None:
     """The slice column must be an integer column of every file (a categorical id such as device)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if not column:
         return
@@ -132,7 +134,6 @@ def _check_slice_column(inventories: dict, column: str | None) -> None:
 
 def _expected_rows(inventory, split) -> int:
     """Rows of the inventory's files on the split's side (all rows without a split)."""
-    import pyarrow.parquet as pq
 
     if split is None:
         return inventory.rows
@@ -143,7 +144,6 @@ def _row_accounting(
     inventories: dict, store: PredictionStore, quarantine_dir: Path, id_column: str, split=None
 ) -> dict:
     """{day: {rows_in_files, rows_scored, rows_quarantined}}; RuntimeError if any row went missing."""
-    from pipelines.validate import quarantine_summary
 
     by_file = quarantine_summary(quarantine_dir, id_column)["by_file"]
     accounting = {}
@@ -171,8 +171,6 @@ def _same_target(a, b) -> bool:
 
 
 def _plots(report: dict, curves: dict, histories: dict) -> dict[str, bytes]:
-    from jobs.report import plots
-
     figures = {}
     for name, target in report["metrics"].items():
         models = ["run", *(["baseline"] if "baseline" in target["overall"] else [])]
@@ -209,10 +207,6 @@ def evaluate(
     jobs.train / jobs.daily left out of training. `slice_column`: "auto" slices by `device` where
     every file has it as an integer column, and by nothing (with a note) where not; None: no slices.
     """
-    from jobs.report.render import render_html, render_markdown
-    from jobs.train import start_ray
-    from pipelines.read import parse_dates
-    from pipelines.split import HoldoutSplit
 
     if gate is not None and baseline is None:
         raise ValueError("--gate compares with a baseline: pass --baseline OTHER_RUN_DIR")

@@ -27,19 +27,33 @@ import os
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
+import ray
 import yaml
 
 from jobs.cli import run_job
+from jobs.worker.runtime import make_trainer
+from jobs.worker.train import WorkerInputs, train_worker
+from mtl_rec.checkpoint import published_checkpoint
+from mtl_rec.config import SampleSpace
 from mtl_rec.config.compat import check_spec_compatible, config_differences
 from mtl_rec.config.features import FeatureSpec, load_feature_spec, save_feature_spec, saved_feature_spec
 from mtl_rec.config.loader import ConfigError, to_dict
-from mtl_rec.config.run import RunConfig, load_run_config
+from mtl_rec.config.run import RunConfig
 from mtl_rec.config.stats import FeatureStats
+from mtl_rec.data_position import POSITION_FILE
+from mtl_rec.metrics import required_spaces
+from mtl_rec.run_config import load_run_config
+from pipelines.dataset import build_dataset, compute_stats, layout_for
+from pipelines.errors import BadInputError
+from pipelines.ids import shared_ids
+from pipelines.read import inspect_logs, parse_dates
+from pipelines.split import VALIDATION_SALT, HoldoutSplit, combine
+from pipelines.validate import quarantine_summary
 
 
 def start_ray(address: str | None) -> None:
-    import ray
-
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):  # --address, or running under `ray job submit`
@@ -62,10 +76,6 @@ def start_ray(address: str | None) -> None:
 
 def label_priors(inventory, tasks, spec) -> dict[str, float]:
     """{task: positive rate of its label over its sample space} on the training files (labels only)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from mtl_rec.config import SampleSpace
 
     columns = list(spec.labels)
     tables = [pq.read_table(path, columns=columns) for path in inventory.paths]
@@ -123,19 +133,6 @@ def train(
     `holdout` (a fraction): train on the rows outside a hash hold-out of the request ids
     (pipelines.split) and evaluate on the rows inside it; the dates may then overlap.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from mtl_rec.checkpoint import published_checkpoint
-    from mtl_rec.data_position import POSITION_FILE
-    from mtl_rec.metrics import required_spaces
-    from mtl_rec.train import NoDropDataConfig, WorkerInputs, train_worker
-    from pipelines.dataset import build_dataset, compute_stats, layout_for
-    from pipelines.errors import BadInputError
-    from pipelines.ids import shared_ids
-    from pipelines.read import inspect_logs, parse_dates
-    from pipelines.split import VALIDATION_SALT, HoldoutSplit, combine
-    from pipelines.validate import quarantine_summary
 
     out = out.resolve()
     resumed = published_checkpoint(out / "checkpoint")
@@ -211,13 +208,9 @@ def train(
         datasets["valid"] = build(train_inventory, split=combine(daily_train, valid_side("holdout")))
     layout = layout_for(spec, spaces, eval_inventory)
 
-    # The cluster's GPUs, not the driver's: under KubeRay the head (and the job's driver) has none.
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = gpus > 0
-    workers = cfg.train.workers or (gpus if use_gpu else 2)
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_worker,
-        train_loop_config=WorkerInputs(
+        WorkerInputs(
             cfg,
             spec,
             stats,
@@ -230,17 +223,13 @@ def train(
             # hash hold-outs keep their fraction of rows to within a fraction of a percent
             planned_rows_per_epoch=round(train_inventory.rows * (1 - (holdout or 0.0)) * (1 - validation)),
         ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.train.cpus_per_worker}
-        ),
-        datasets=datasets,
-        dataset_config=NoDropDataConfig(preserve_order=cfg.data.deterministic),
-        run_config=ray.train.RunConfig(
-            name="train",
-            storage_path=str(out / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-        ),
+        datasets,
+        workers=cfg.train.workers,
+        cpus_per_worker=cfg.train.cpus_per_worker,
+        name="train",
+        storage_path=out / "ray",
+        max_failures=cfg.train.max_failures,
+        preserve_order=cfg.data.deterministic,
     )
     trainer.fit()
     metrics = json.loads((out / "metrics.json").read_text())

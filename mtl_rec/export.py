@@ -54,10 +54,11 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from mtl_rec.config.features import SPEC_FILE, FeatureSpec, saved_feature_spec
-from mtl_rec.config.loader import ConfigError, from_dict
+from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.run import RunConfig
 from mtl_rec.metrics import EvalTarget, eval_targets
 from mtl_rec.models.model import MultiTaskModel
+from mtl_rec.run_config import run_config_from_dict
 from mtl_rec.stack import describe_stack
 
 EXPORT_FORMAT = 1
@@ -199,7 +200,7 @@ def read_run(run_dir: Path) -> tuple[Path, RunConfig, FeatureSpec]:
     checkpoint = Path(run_dir) / "checkpoint"
     if not (checkpoint / "MANIFEST.json").is_file():
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint (checkpoint/MANIFEST.json missing)")
-    cfg = from_dict(RunConfig, yaml.safe_load((checkpoint / CONFIG_FILE).read_text()))
+    cfg = run_config_from_dict(yaml.safe_load((checkpoint / CONFIG_FILE).read_text()))
     spec = saved_feature_spec(checkpoint)
     if spec is None:
         raise ConfigError(f"{checkpoint}: no {SPEC_FILE} (trained before runs saved their spec); retrain it")

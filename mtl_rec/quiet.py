@@ -17,7 +17,7 @@ Each entry below is known and checked:
 - INFO records of torchrec and fbgemm_gpu (the planner's storage and perf tables; FBGEMM logs every
   TBE's constructor arguments on the root logger) and TorchRec's "Sharding Type is data_parallel,
   caching params will be ignored" (~100 lines per worker and fit). Rank 0 prints the plan itself
-  (mtl_rec.train).
+  (jobs.worker.train).
 
 Example::
 

@@ -63,10 +63,10 @@ class ShardedModel:
     dense_optimizer: torch.optim.Optimizer
     table_optimizer: torch.optim.Optimizer | None  # data-parallel tables, if the planner made any
 
-    def zero_grad(self) -> None:
-        self.dense_optimizer.zero_grad(set_to_none=True)
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense_optimizer.zero_grad(set_to_none=set_to_none)
         if self.table_optimizer is not None:
-            self.table_optimizer.zero_grad(set_to_none=True)
+            self.table_optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
         self.dense_optimizer.step()

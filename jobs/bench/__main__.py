@@ -131,7 +131,7 @@ def run(args, argv: list[str] | None = None) -> dict:
     from jobs.bench.common import ensure_logs, local_ray, machine
     from jobs.bench.report import format_table, summary_rows
     from mtl_rec.config.features import load_feature_spec
-    from mtl_rec.config.run import load_run_config
+    from mtl_rec.run_config import load_run_config
 
     sections = (
         list(SECTIONS) if args.what == "all" else [] if args.what in ("quality", "serve") else [args.what]

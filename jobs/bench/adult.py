@@ -17,7 +17,7 @@ from jobs.bench.peers import peer_runs
 from jobs.bench.quality_report import record
 from jobs.datasets.adult import write_adult
 from jobs.train import train
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 
 MODELS = ("shared_bottom", "mmoe", "ple")
 

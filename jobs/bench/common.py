@@ -178,7 +178,7 @@ def timed_train(
     peak_rss_mb_per_worker, and the AUC of every task.
     """
     from jobs.train import train
-    from mtl_rec.config.run import load_run_config
+    from mtl_rec.run_config import load_run_config
 
     cfg = load_run_config(args.train_config, [f"data.batch_size={args.train_batch_size}", *overrides])
     run_dir = Path(args.cache) / "runs" / name

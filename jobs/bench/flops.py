@@ -139,7 +139,7 @@ def matmul_flops_per_s(size: int = 2048, threads: int | None = None, repeats: in
 
 def bench_flops(args) -> dict:
     """FLOPs per sample of the training config's model, the machine's matmul rate, and the floor."""
-    from mtl_rec.config.run import load_run_config
+    from mtl_rec.run_config import load_run_config
 
     cfg = load_run_config(args.train_config)
     spec = cfg.feature_spec()

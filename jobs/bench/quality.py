@@ -32,8 +32,8 @@ from jobs.train import train
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.model import TaskConfig
-from mtl_rec.config.run import load_run_config
 from mtl_rec.metrics import eval_targets
+from mtl_rec.run_config import load_run_config
 
 PRESETS = ("shared_bottom", "mmoe", "ple", "adatt", "esmm")
 # The single-task baselines: one task each, scored like the presets' targets of the same name.

@@ -16,7 +16,7 @@ Example::
 
 from __future__ import annotations
 
-from jobs.bench.report import Row
+from jobs.bench.table import Row
 
 ORACLE_GAP = 0.03
 CALIBRATION_BAND = (0.95, 1.05)

@@ -17,29 +17,17 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from jobs.bench.quality_report import quality_goal_rows
+from jobs.bench.serve import serve_rows
+from jobs.bench.table import COLUMNS, Row, format_table
+
+__all__ = ["COLUMNS", "Row", "format_table", "summary_rows"]
 
 GOAL_SAMPLES_PER_S = 25_000
 GOAL_LOADER_COST = 0.10
 GOAL_OF_FLOOR = 0.35
 LINEAR_TOLERANCE = 0.10  # every rows run within this of the fitted line counts as linear
 WEIGHTING_GOALS = {"loss": 1.3, "gradient": 2.0}
-
-COLUMNS = ("section", "measure", "value", "compared with", "goal", "met")
-
-
-@dataclass(frozen=True)
-class Row:
-    section: str
-    measure: str
-    value: str
-    compared_with: str = ""
-    goal: str = ""
-    met: bool | None = None  # None: no goal
-
-    def cells(self) -> tuple[str, ...]:
-        met = "" if self.met is None else ("yes" if self.met else "no")
-        return (self.section, self.measure, self.value, self.compared_with, self.goal, met)
 
 
 def _rate(x: float, unit: str) -> str:
@@ -228,29 +216,5 @@ SECTIONS = {
 
 def summary_rows(results: dict) -> list[Row]:
     """The table's rows for every section present in `results` (the JSON jobs.bench writes)."""
-    # imported here: jobs.bench.quality_report and jobs.bench.serve build their rows with this module's Row
-    from jobs.bench.quality_report import quality_goal_rows
-    from jobs.bench.serve import serve_rows
-
     sections = {**SECTIONS, "quality": lambda r: quality_goal_rows(r["runs"]), "serve": serve_rows}
     return [row for name, build in sections.items() if name in results for row in build(results[name])]
-
-
-def format_table(rows: list[Row]) -> str:
-    """Rows -> a Markdown table, columns padded so it also reads as plain text."""
-    cells = [COLUMNS, *(row.cells() for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    right = {2}  # values align right
-    line = lambda values: (
-        "| "
-        + " | ".join(  # noqa: E731
-            v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))
-        )
-        + " |"
-    )
-    rule = (
-        "| "
-        + " | ".join(("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths))
-        + " |"
-    )
-    return "\n".join([line(COLUMNS), rule, *(line(row) for row in cells[1:])])

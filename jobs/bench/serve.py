@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from jobs.bench.common import day, ensure_logs, local_ray
-from jobs.bench.report import Row, format_table
+from jobs.bench.table import Row, format_table
 from mtl_rec.config import SampleSpace
 from mtl_rec.evaluation import exact_auc
 
@@ -97,7 +97,7 @@ def bench_serve(args) -> dict:
     from jobs.predict import predict
     from jobs.serve import APP_NAME, start_server
     from jobs.train import train
-    from mtl_rec.config.run import load_run_config
+    from mtl_rec.run_config import load_run_config
 
     cache = Path(args.cache)
     cfg = load_run_config(args.train_config)

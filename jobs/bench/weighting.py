@@ -13,17 +13,30 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
 
 from jobs.bench.common import day
+from mtl_rec.metrics import required_spaces
+from mtl_rec.models.model import MultiTaskModel
+from mtl_rec.run_config import load_run_config
+from mtl_rec.sharding import shard_model
+from mtl_rec.step import TrainPipeline
+from mtl_rec.weighting import METHODS, build_weighting
+from pipelines.collate import collate
+from pipelines.dataset import layout_for
+from pipelines.prepare import prepare_block
+from pipelines.read import inspect_logs
+from pipelines.transform import block_moments, reduce_moments
 
 
 def _init_single_rank() -> None:
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29561")
@@ -32,15 +45,6 @@ def _init_single_rank() -> None:
 
 def _batches(cfg, spec, cache: str) -> list:
     """Full batches of cfg.data.batch_size from the first file of day(0), validated and transformed."""
-    import pyarrow.parquet as pq
-
-    from mtl_rec.metrics import required_spaces
-    from pipelines.collate import collate
-    from pipelines.dataset import layout_for
-    from pipelines.prepare import prepare_block
-    from pipelines.read import inspect_logs
-    from pipelines.transform import block_moments, reduce_moments
-
     inventory = inspect_logs(f"{cache}/logs", [day(0)], spec)
     table = pq.read_table(inventory.paths[0], columns=inventory.columns)
     stats = reduce_moments([block_moments(table, spec).to_pylist()[0]], spec)
@@ -53,11 +57,6 @@ def _batches(cfg, spec, cache: str) -> list:
 
 
 def bench_weighting(args) -> dict:
-    import torch
-
-    from mtl_rec.config.run import load_run_config
-    from mtl_rec.weighting import METHODS
-
     _init_single_rank()
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = load_run_config(args.train_config, [f"data.batch_size={args.weighting_batch_size}"])
@@ -87,15 +86,9 @@ def bench_weighting(args) -> dict:
 
 
 def _time_method(method: str, args, cfg, spec, batches: list, priors: dict) -> tuple[float, str]:
-    """-> (median ms per step of one fresh sharded model trained with `method`, "loss" or "gradient")."""
-    import torch
+    """-> (median ms per step of one fresh sharded model trained with `method`, "loss" or "gradient").
 
-    from mtl_rec.config.run import load_run_config
-    from mtl_rec.losses import task_losses
-    from mtl_rec.models.model import MultiTaskModel
-    from mtl_rec.sharding import shard_model
-    from mtl_rec.weighting import build_weighting
-
+    The step is the training worker's own (mtl_rec.step.TrainPipeline), auxiliary losses included."""
     torch.manual_seed(0)
     weighting = build_weighting(
         load_run_config(args.train_config, [f"weighting.method={method}"]).weighting, cfg.tasks, priors
@@ -103,18 +96,12 @@ def _time_method(method: str, args, cfg, spec, batches: list, priors: dict) -> t
     sharded = shard_model(
         MultiTaskModel(spec, cfg.model, cfg.tasks), cfg, torch.device("cpu"), list(weighting.parameters())
     )
-    if weighting.requires_shared:
-        weighting.attach_shared(weighting.shared_parameters(sharded.module.backbone))
+    pipeline = TrainPipeline(sharded.model, sharded.module, sharded, weighting, cfg.tasks)
+    steps = (batches[step % len(batches)] for step in itertools.count())
     times = []
-    for step in range(args.weighting_warmup + args.weighting_steps):
-        batch = batches[step % len(batches)]
+    for _ in range(args.weighting_warmup + args.weighting_steps):
         begin = time.perf_counter()
-        total, _ = weighting.combine(task_losses(sharded.model(batch), batch, cfg.tasks).losses, step)
-        sharded.zero_grad()
-        total.backward()
-        weighting.after_backward()
-        weighting.sync_gradients()
-        sharded.step()
+        pipeline.progress(steps)
         times.append(time.perf_counter() - begin)
     step_ms = 1000 * float(np.median(times[args.weighting_warmup :]))
     return step_ms, "gradient" if weighting.requires_shared else "loss"

@@ -10,7 +10,7 @@ unnoticed there, and load_run says so).
 
 The days then go through the same Ray Data chain as training (pipelines.dataset.build_dataset with
 the run's own statistics and the sample-space masks of its metrics), one dataset per model and day,
-split across a TorchTrainer of the checkpoint's world size with mtl_rec.train.NoDropDataConfig
+split across a TorchTrainer of the checkpoint's world size with jobs.worker.runtime.NoDropDataConfig
 (equal=False: no row lost). Each worker shards the model with the checkpoint's sharding types
 (plan.json), loads the checkpoint, and walks its shard in lockstep with padding batches under
 torch.no_grad.
@@ -32,14 +32,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.train
+import torch.distributed.checkpoint as dcp
 import yaml
 
+from jobs.worker.runtime import forward_in_lockstep, make_trainer, padding_batch, sharded_from, start_worker
+from mtl_rec.checkpoint import load_checkpoint
 from mtl_rec.config.features import (
     SPEC_FILE,
     FeatureSpec,
@@ -47,10 +52,14 @@ from mtl_rec.config.features import (
     load_feature_spec,
     saved_feature_spec,
 )
-from mtl_rec.config.loader import ConfigError, from_dict
+from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.run import RunConfig
 from mtl_rec.config.stats import FeatureStats
-from mtl_rec.metrics import EvalTarget, eval_targets
+from mtl_rec.distributed import rank
+from mtl_rec.metrics import EvalTarget, eval_targets, required_spaces
+from mtl_rec.run_config import run_config_from_dict
+from mtl_rec.transform import splitmix64
+from pipelines.dataset import build_dataset, iter_batches, layout_for
 
 SCORED = "SCORED.json"  # written last: the scores in its directory are complete
 
@@ -100,8 +109,6 @@ def _read_json(path: Path) -> dict:
 
 def checkpoint_table_shapes(checkpoint: Path) -> dict[str, list[int]]:
     """{table: [rows, dim]} of every embedding table in a DCP checkpoint (metadata only, no weights)."""
-    import torch.distributed.checkpoint as dcp
-
     metadata = dcp.FileSystemReader(str(checkpoint / "model")).read_metadata()
     shapes = {}
     for key, item in metadata.state_dict_metadata.items():
@@ -148,7 +155,7 @@ def load_run(run_dir: Path, slice_column: str | None = None) -> RunArtifacts:
     manifest = json.loads(manifest_path.read_text())
     config_path = checkpoint / "config.yaml"
     try:
-        cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text()))
+        cfg = run_config_from_dict(yaml.safe_load(config_path.read_text()))
     except ConfigError as e:
         raise ConfigError(f"{config_path}: {e}") from e
     spec, source, changes = saved_feature_spec(checkpoint), str(checkpoint / SPEC_FILE), {}
@@ -228,11 +235,6 @@ class _BucketWriters:
         self.rows = 0
 
     def write(self, columns: dict[str, np.ndarray]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from mtl_rec.transform import splitmix64
-
         bucket = (splitmix64(columns["group"].view(np.uint64)) % np.uint64(self.buckets)).astype(np.int64)
         for b in np.unique(bucket).tolist():
             rows = bucket == b  # [B] bool
@@ -252,48 +254,22 @@ class _BucketWriters:
 def score_worker(inputs: ScoreInputs) -> None:
     """Ray Train's train_loop_per_worker: for each model, load its checkpoint and score every row of
     every day; one model in memory at a time."""
-    import ray.train
-    import torch
-
-    from mtl_rec.checkpoint import load_checkpoint
-    from mtl_rec.distributed import rank, world_size
-    from mtl_rec.models.model import MultiTaskModel
-    from mtl_rec.quiet import quiet_libraries
-    from mtl_rec.sharding import plan_types, shard_model
-    from mtl_rec.train import lockstep, padding_batch
-    from pipelines.dataset import iter_batches
-
-    quiet_libraries()
-    device = torch.device(
-        f"cuda:{ray.train.get_context().get_local_rank()}" if torch.cuda.is_available() else "cpu"
-    )
     rows = 0
     for scoring in inputs.models:
         run, layout = scoring.run, scoring.layout
-        cfg = run.cfg
-        threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(world_size(), 1))
-        torch.set_num_threads(threads)
-        plan_path = run.checkpoint / "plan.json"
-        pinned = plan_types(plan_path.read_text()) if plan_path.is_file() else None
-        module = MultiTaskModel(run.spec, cfg.model, cfg.tasks)
-        sharded = shard_model(module, cfg, device, pinned_types=pinned)
+        device = start_worker(run.cfg.train.torch_threads)
+        sharded = sharded_from(run.spec, run.cfg, device, run.checkpoint)
         load_checkpoint(sharded.model, run.checkpoint, weights_only=True)  # DCP reshards if tables moved
-        model = sharded.model
-        model.eval()
         padding = padding_batch(layout, run.spec).to(device)
-        with torch.no_grad():  # not inference_mode: gloo collectives fail inside it
-            for day in scoring.days:
-                writers = _BucketWriters(Path(scoring.out_dir) / day, rank(), inputs.buckets)
-                shard = ray.train.get_dataset_shard(scoring.dataset(day))
-                batches = iter_batches(shard, layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
-                for batch, real, _ in lockstep(batches, padding):
-                    batch = batch.to(device, non_blocking=True) if real else batch
-                    outputs = model(batch)  # every rank runs the forward: DMP's all-to-alls need all ranks
-                    if real:
-                        writers.write(_batch_columns(batch, outputs, run, inputs.slice_column))
-                writers.close()
-                rows += writers.rows
-        del model, sharded, module
+        for day in scoring.days:
+            writers = _BucketWriters(Path(scoring.out_dir) / day, rank(), inputs.buckets)
+            shard = ray.train.get_dataset_shard(scoring.dataset(day))
+            batches = iter_batches(shard, layout, run.cfg.data.eval_batch_size, run.cfg.data.prefetch_batches)
+            for batch, outputs in forward_in_lockstep(sharded.model, batches, padding, device):
+                writers.write(_batch_columns(batch, outputs, run, inputs.slice_column))
+            writers.close()
+            rows += writers.rows
+        del sharded
     ray.train.report({"rows": rows})
 
 
@@ -342,13 +318,6 @@ def score_runs(
 def _score_group(group: dict, workers, cpus, scores_root, buckets, slice_column, split) -> None:
     """One TorchTrainer of `workers` workers scoring every model of `group` ({out_dir: (run,
     inventories)}), one after the other; SCORED.json per model."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from mtl_rec.metrics import required_spaces
-    from mtl_rec.train import NoDropDataConfig
-    from pipelines.dataset import build_dataset, layout_for
-
     datasets, models = {}, []
     for out_dir, (run, inventories) in group.items():
         spaces = required_spaces(run.cfg.tasks, run.spec)
@@ -359,17 +328,14 @@ def _score_group(group: dict, workers, cpus, scores_root, buckets, slice_column,
                 inventory, run.spec, run.stats, spaces, run.cfg.data, out_dir / "quarantine", split=split
             )
         models.append(scoring)
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0  # the cluster's, not the driver's
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         score_worker,
-        train_loop_config=ScoreInputs(tuple(models), buckets, slice_column),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
-        ),
-        datasets=datasets,
-        dataset_config=NoDropDataConfig(),
-        run_config=ray.train.RunConfig(name="score", storage_path=str(scores_root / "ray")),
+        ScoreInputs(tuple(models), buckets, slice_column),
+        datasets,
+        workers=workers,
+        cpus_per_worker=cpus,
+        name="score",
+        storage_path=scores_root / "ray",
     )
     trainer.fit()
     for scoring in models:

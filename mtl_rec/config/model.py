@@ -14,9 +14,9 @@ Example::
     ... ])
     >>> [t.name for t in tasks], tasks[1].tower.hidden
     (['ctr', 'ctcvr'], (64,))
-    >>> from_dict(ModelConfig, {"arch": "mmmoe"})
-    Traceback (most recent call last):
-    ConfigError: unknown model arch 'mmmoe'; registered: shared_bottom, omoe, mmoe, cgc, ple, cross_stitch ...
+
+`arch` and `params` are checked against the backbone registry when the run config is assembled
+(mtl_rec.run_config; mtl_rec.models.arch_config): this module stays a leaf, importing no model.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def parse_tasks(
 class ModelConfig:
     """The network between the features and the task towers.
 
-    arch:       a registered backbone (mtl_rec.models.MODELS): shared_bottom, omoe, mmoe, cgc, ple
+    arch:       a registered backbone (mtl_rec.models.MODELS): shared_bottom, omoe, mmoe, cgc, ple, ...
     params:     that backbone's own settings, checked against its config dataclass
                 (e.g. MMoEConfig: num_experts, expert); unknown keys are errors
     dense_arch: the MLP over the dense features, before they join the pooled embeddings
@@ -186,16 +186,3 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
     dense_arch: MLPConfig = MLPConfig(hidden=(128, 64))
     interaction: Literal["none", "dot"] = "none"
-
-    def __post_init__(self) -> None:
-        self.arch_config()  # fail at config load, on the driver, not on the workers
-
-    def arch_config(self) -> Any:
-        """`params` as the chosen backbone's typed config dataclass."""
-        # Imported here: the registry imports the model files, which import this module.
-        from mtl_rec.models import MODELS
-
-        if self.arch not in MODELS:
-            raise ConfigError(f"unknown model arch {self.arch!r}; registered: {', '.join(MODELS)}")
-        _, config_class = MODELS[self.arch]
-        return from_dict(config_class, self.params, "model.params")

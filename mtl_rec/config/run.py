@@ -3,9 +3,12 @@ every Ray worker unchanged.
 
 Example::
 
-    >>> cfg = load_run_config("jobs/configs/mmoe.yaml", ["train.epochs=2", "optim.dense.lr=0.002"])
+    >>> cfg = read_run_config("jobs/configs/mmoe.yaml", ["train.epochs=2", "optim.dense.lr=0.002"])
     >>> cfg.model.arch, cfg.train.epochs, [t.name for t in cfg.tasks]
     ('mmoe', 2, ['ctr', 'cvr', 'cart'])
+
+Jobs load it through mtl_rec.run_config.load_run_config, which also checks the backbone's and the
+weighting method's params against their registries; this package imports neither (nor torch).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from mtl_rec.config.data import DataConfig
 from mtl_rec.config.features import FeatureSpec, load_feature_spec
 from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml
 from mtl_rec.config.model import ModelConfig, TaskConfig, validate_tasks
-from mtl_rec.weighting.config import WeightingConfig
+from mtl_rec.config.weighting import WeightingConfig
 
 SHARDING_TYPES = (
     "table_wise",
@@ -164,8 +167,10 @@ class RunConfig:
         return load_feature_spec(self.features)
 
 
-def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Preset YAML + overrides -> validated RunConfig; task labels are checked against the feature spec."""
+def read_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Preset YAML + overrides -> RunConfig, task labels checked against the feature spec. The
+    backbone's and the weighting method's names and params are checked by
+    mtl_rec.run_config.load_run_config, which calls this."""
     data = apply_overrides(load_yaml(path), list(overrides))
     weighting = data.get("weighting")
     if isinstance(weighting, dict):  # the flat form `{method: dwa, window: 50}` puts params beside method

@@ -18,8 +18,7 @@ Two optional hooks, for architectures that need more than x (MultiTaskModel chec
                                            parameters; coefficients applied. They are added to the
                                            weighted task loss unweighted (mtl_rec.losses.auxiliary_losses)
 
-MultiTaskModel (model.py) imports TorchRec, so it is imported on first use rather than here: config
-validation (which reads MODELS) stays light on a Ray driver.
+The full model, MultiTaskModel, is in mtl_rec.models.model (it imports TorchRec and this registry).
 
 Example::
 
@@ -35,6 +34,7 @@ from typing import Any
 
 from torch import nn
 
+from mtl_rec.config.loader import ConfigError, from_dict
 from mtl_rec.config.model import ModelConfig
 from mtl_rec.models.adatt import AdaTT, AdaTTConfig
 from mtl_rec.models.aitm import AITM, AITMConfig
@@ -66,19 +66,20 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
 }
 
 
+def arch_config(model_cfg: ModelConfig) -> Any:
+    """`model_cfg.params` as the chosen backbone's typed config dataclass; a ConfigError that names
+    the registered archs or the valid keys otherwise."""
+    if model_cfg.arch not in MODELS:
+        raise ConfigError(f"unknown model arch {model_cfg.arch!r}; registered: {', '.join(MODELS)}")
+    _, config_class = MODELS[model_cfg.arch]
+    return from_dict(config_class, model_cfg.params, "model.params")
+
+
 def build_backbone(model_cfg: ModelConfig, input_dim: int, task_names: Sequence[str]) -> nn.Module:
-    """The registered backbone `model_cfg.arch`, its params checked by from_dict(ConfigClass, params)."""
-    arch_config = model_cfg.arch_config()  # ConfigError naming the registered archs / valid keys
+    """The registered backbone `model_cfg.arch`, its params checked by arch_config."""
+    config = arch_config(model_cfg)  # ConfigError naming the registered archs / valid keys
     backbone_class, _ = MODELS[model_cfg.arch]
-    return backbone_class(input_dim, task_names, arch_config)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "MultiTaskModel":
-        from mtl_rec.models.model import MultiTaskModel
-
-        return MultiTaskModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return backbone_class(input_dim, task_names, config)
 
 
 __all__ = [
@@ -103,13 +104,13 @@ __all__ = [
     "STAR",
     "CGCConfig",
     "MMoEConfig",
-    "MultiTaskModel",
     "OMoEConfig",
     "PLEConfig",
     "SharedBottom",
     "SharedBottomConfig",
     "TaskHeads",
     "TaskOutputs",
+    "arch_config",
     "build_backbone",
     "entire_space",
     "log1mexp",

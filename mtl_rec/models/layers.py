@@ -27,7 +27,7 @@ class BatchNorm(nn.BatchNorm1d):
     statistics and leaves them unchanged, as in eval mode: [B, C] -> [B, C].
 
     A training step can see one-row batches: the padding batch of a rank whose shard ran out
-    (mtl_rec.train.padding_batch, so that every rank runs the same number of steps) and a shard's
+    (jobs.worker.runtime.padding_batch, so that every rank runs the same number of steps) and a shard's
     last row. nn.BatchNorm1d raises on them ("Expected more than 1 value per channel"), and a padding
     row's statistics are not data: they must not move the running mean and variance.
     """

@@ -43,11 +43,14 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from mtl_rec.config.loader import ConfigError, from_dict
 from mtl_rec.config.model import TaskConfig
+from mtl_rec.config.weighting import WeightingConfig
 from mtl_rec.weighting.base import ABSENT_BELOW, LossStatWeighting, Weighting
-from mtl_rec.weighting.config import WeightingConfig
 from mtl_rec.weighting.dwa import DWA, DWAConfig
 from mtl_rec.weighting.fixed import Fixed, FixedConfig
 from mtl_rec.weighting.gradient import GradientWeighting, GradNormalization, GradNormalizationConfig
@@ -85,6 +88,22 @@ METHODS: dict[str, tuple[type[Weighting], type]] = {
 }
 
 
+def method_config(cfg: WeightingConfig) -> Any:
+    """`cfg.params` as the chosen method's typed config dataclass; a ConfigError that names the valid
+    methods or keys otherwise."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown weighting method {cfg.method!r}; valid: {', '.join(METHODS)}")
+    _, config_class = METHODS[cfg.method]
+    if cfg.params and not dataclasses.fields(config_class):
+        raise ConfigError(
+            f"weighting method {cfg.method!r} takes no params, got {', '.join(map(repr, cfg.params))}"
+        )
+    try:
+        return from_dict(config_class, cfg.params, "weighting.params")
+    except ConfigError as e:
+        raise ConfigError(f"weighting method {cfg.method!r}: {e}") from e
+
+
 def build_weighting(
     cfg: WeightingConfig, tasks: Sequence[TaskConfig], label_priors: Mapping[str, float] | None = None
 ) -> Weighting:
@@ -93,9 +112,9 @@ def build_weighting(
     label_priors: {task: positive rate of its label over its sample space on the training data};
     only prior_loss needs it (or its `priors` param).
     """
-    method_config = cfg.method_config()  # ConfigError naming the valid methods / keys
+    config = method_config(cfg)  # ConfigError naming the valid methods / keys
     weighting_class, _ = METHODS[cfg.method]
-    return weighting_class(tasks, method_config, label_priors)
+    return weighting_class(tasks, config, label_priors)
 
 
 __all__ = [
@@ -133,4 +152,5 @@ __all__ = [
     "WeightingConfig",
     "bernoulli_entropy",
     "build_weighting",
+    "method_config",
 ]

@@ -308,7 +308,7 @@ def test_entrypoint_module_exists_and_its_parser_accepts_the_flags(where, entryp
             )
     config = getattr(args, "config", None)
     if config is not None:
-        from mtl_rec.config.run import load_run_config
+        from mtl_rec.run_config import load_run_config
 
         assert not str(config).startswith("/"), f"{where}: name presets relative to {IMAGE_REPO_ROOT}"
         cfg = load_run_config(REPO / config)  # the image's WORKDIR holds this repository's files

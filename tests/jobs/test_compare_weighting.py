@@ -3,7 +3,7 @@ import json
 import pytest
 
 from jobs.compare_weighting import default_dates, main
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 

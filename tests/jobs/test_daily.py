@@ -16,8 +16,8 @@ import pytest
 
 from jobs.daily import daily, read_promoted
 from jobs.report.gate import describe_failure
-from mtl_rec.config.run import load_run_config
 from mtl_rec.export import resolve_model
+from mtl_rec.run_config import load_run_config
 from mtl_rec.serve import Predictor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]

@@ -20,7 +20,7 @@ import pytest
 from jobs.datasets import adult
 from jobs.datasets.__main__ import main
 from mtl_rec.config.features import load_feature_spec
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 from pipelines.read import inspect_logs, parse_dates
 
 CACHE = adult.DEFAULT_CACHE  # $MTL_REC_CACHE or ~/.cache/mtl-rec

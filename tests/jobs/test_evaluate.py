@@ -13,7 +13,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from jobs.evaluate import evaluate, main
 from jobs.report.gate import describe_failure
 from jobs.train import train
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 

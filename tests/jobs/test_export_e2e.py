@@ -23,7 +23,7 @@ from jobs.export import main as export_main
 from jobs.predict import main as predict_main
 from jobs.predict import predict
 from jobs.train import train
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 from mtl_rec.serve import Predictor
 from pipelines.errors import BadRowsError
 from tests.jobs.test_evaluate import evaluated  # noqa: F401  (the shared session fixture)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from jobs.train import train
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 

@@ -19,7 +19,7 @@ from jobs.train import train
 from mtl_rec.config import SPEC_FILE, load_feature_spec, load_yaml
 from mtl_rec.config.compat import SpecMismatch
 from mtl_rec.config.loader import ConfigError
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 from tests.jobs.test_evaluate import evaluated  # noqa: F401  (the shared session fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.evaluate import _auto_slice_column
 from jobs.train import train
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 from pipelines.errors import BadInputError
 
 

@@ -13,7 +13,6 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.model import parse_tasks
-from mtl_rec.config.run import load_run_config
 from mtl_rec.metrics import (
     EvalTarget,
     MetricAccumulator,
@@ -23,6 +22,7 @@ from mtl_rec.metrics import (
     logloss,
     required_spaces,
 )
+from mtl_rec.run_config import load_run_config
 from tests.harness import run_on_two_ranks
 from tests.mtl_rec.test_losses import funnel_labels, make_batch, outputs_from_logits
 

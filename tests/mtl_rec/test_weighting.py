@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mtl_rec.config.loader import ConfigError, from_dict
 from mtl_rec.config.model import parse_tasks
-from mtl_rec.weighting import METHODS, WeightingConfig, bernoulli_entropy, build_weighting
+from mtl_rec.weighting import METHODS, WeightingConfig, bernoulli_entropy, build_weighting, method_config
 from tests.harness import run_on_two_ranks
 
 TASKS = parse_tasks(
@@ -262,7 +262,7 @@ def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(
         ConfigError, match="unknown weighting method 'gradnom'; valid: fixed, ple_schedule"
     ) as e:
-        WeightingConfig("gradnom")
+        method_config(WeightingConfig("gradnom"))
     assert all(name in str(e.value) for name in METHODS)
 
 
@@ -282,12 +282,12 @@ def test_unknown_method_lists_the_valid_ones():
 )
 def test_bad_params_are_config_errors(method, params, message):
     with pytest.raises(ConfigError, match=message):
-        WeightingConfig(method, params)
+        method_config(WeightingConfig(method, params))
 
 
 def test_weighting_config_loads_from_yaml_data_and_builds_every_method():
     cfg = from_dict(WeightingConfig, {"method": "dwa", "params": {"window": 3}}, "weighting")
-    assert cfg.method_config().window == 3
+    assert method_config(cfg).window == 3
     assert from_dict(WeightingConfig, {}).method == "fixed"
     with pytest.raises(ConfigError, match="unknown key 'alpha' in weighting; valid keys: method, params"):
         from_dict(WeightingConfig, {"method": "dwa", "alpha": 1.5}, "weighting")

@@ -14,7 +14,7 @@ from mtl_rec.config import (
 )
 from mtl_rec.config.compat import SpecMismatch, check_spec_compatible, config_differences, spec_differences
 from mtl_rec.config.loader import to_dict
-from mtl_rec.config.run import load_run_config
+from mtl_rec.run_config import load_run_config
 
 SPEC = "jobs/configs/features.yaml"
 TRAINED = ("tables.user_id.num_embeddings=50000",)  # a --spec-set override, as a run trains with

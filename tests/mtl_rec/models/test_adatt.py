@@ -11,9 +11,9 @@ from torch import nn
 
 from mtl_rec.config import from_dict
 from mtl_rec.config.model import MLPConfig, ModelConfig, parse_tasks
-from mtl_rec.losses import task_losses
 from mtl_rec.models.adatt import AdaTT, AdaTTConfig
 from mtl_rec.models.model import MultiTaskModel
+from mtl_rec.step import TrainPipeline
 from mtl_rec.weighting import METHODS, WeightingConfig, build_weighting
 from tests.mtl_rec.models.test_model import THREE_TASKS, random_batch
 from tests.pipelines.tables import tiny_spec
@@ -132,17 +132,12 @@ def test_adatt_trains_under_every_weighting_method(method):
     model = MultiTaskModel(spec, from_dict(ModelConfig, ADATT), tasks, device="cpu")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     weighting = build_weighting(WeightingConfig(method), tasks, {"ctr": 0.3, "cvr": 0.1, "cart": 0.2})
-    if weighting.requires_shared:  # as the worker loop does (mtl_rec/train.py)
-        weighting.attach_shared(weighting.shared_parameters(model.backbone))
+    pipeline = TrainPipeline(model, model, optimizer, weighting, tasks)  # the worker's step
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
-    for step in range(3):
-        batch = random_batch(spec, batch_size=64, seed=step)
-        total, weights = weighting.combine(task_losses(model(batch), batch, tasks).losses, step)
-        optimizer.zero_grad()
-        total.backward()
-        weights = weighting.after_backward() or weights
-        optimizer.step()
-        assert torch.isfinite(total) and set(weights) == set(TASKS)
-        assert all(torch.isfinite(torch.as_tensor(w)) for w in weights.values()), weights
+    batches = (random_batch(spec, batch_size=64, seed=step) for step in range(3))
+    for _ in range(3):
+        result = pipeline.progress(batches)
+        assert torch.isfinite(result.total) and set(result.weights) == set(TASKS)
+        assert all(torch.isfinite(torch.as_tensor(w)) for w in result.weights.values()), result.weights
     moved = [n for n, p in model.backbone.named_parameters() if not torch.equal(p, before[n])]
     assert any("residual_weights" in n for n in moved) and any("levels.0.gates" in n for n in moved)

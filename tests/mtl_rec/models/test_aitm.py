@@ -14,7 +14,7 @@ from mtl_rec.config import ConfigError, from_dict
 from mtl_rec.config.model import MLPConfig, ModelConfig, parse_tasks
 from mtl_rec.config.run import RunConfig
 from mtl_rec.losses import auxiliary_losses, task_losses
-from mtl_rec.models import AITM, AITMConfig, TaskOutputs, build_backbone
+from mtl_rec.models import AITM, AITMConfig, TaskOutputs, arch_config, build_backbone
 from mtl_rec.models.model import MultiTaskModel
 from mtl_rec.weighting import METHODS
 from tests.mtl_rec.models.test_escm2 import (
@@ -163,11 +163,11 @@ def test_config_errors():
     with pytest.raises(ConfigError, match=r"aitm sequence names tasks \['click'\] that are not tasks"):
         build_backbone(ModelConfig(arch="aitm", params={"sequence": ["click", "cart"]}), IN_DIM, TASKS)
     with pytest.raises(ConfigError, match="sequence names a task twice"):
-        from_dict(ModelConfig, {"arch": "aitm", "params": {"sequence": ["ctr", "ctr"]}})
+        arch_config(from_dict(ModelConfig, {"arch": "aitm", "params": {"sequence": ["ctr", "ctr"]}}))
     with pytest.raises(ConfigError, match="calibrator_weight must be >= 0"):
-        from_dict(ModelConfig, {"arch": "aitm", "params": {"calibrator_weight": -1.0}})
+        arch_config(from_dict(ModelConfig, {"arch": "aitm", "params": {"calibrator_weight": -1.0}}))
     with pytest.raises(ConfigError, match="tower.hidden needs at least one layer"):
-        from_dict(ModelConfig, {"arch": "aitm", "params": {"tower": {"hidden": []}}})
+        arch_config(from_dict(ModelConfig, {"arch": "aitm", "params": {"tower": {"hidden": []}}}))
 
 
 SMALL = {"arch": "aitm", "params": {"tower": {"hidden": [8, 4]}}, "dense_arch": {"hidden": [4]}}

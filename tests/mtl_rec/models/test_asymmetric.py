@@ -5,7 +5,7 @@ import torch
 
 from mtl_rec.config import ConfigError, from_dict
 from mtl_rec.config.model import ModelConfig
-from mtl_rec.models import build_backbone
+from mtl_rec.models import arch_config, build_backbone
 from mtl_rec.models.asymmetric import Asymmetric
 
 TASKS = ("ctr", "cvr", "cart")
@@ -98,4 +98,4 @@ def test_reads_must_name_tasks_and_go_one_way():
     with pytest.raises(ConfigError, match="cycle"):
         asymmetric({"cart": ["cart"]})
     with pytest.raises(ConfigError, match=r"model.params.reads.cvr: expected a list"):
-        from_dict(ModelConfig, {"arch": "asymmetric", "params": {"reads": {"cvr": "ctr"}}})
+        arch_config(from_dict(ModelConfig, {"arch": "asymmetric", "params": {"reads": {"cvr": "ctr"}}}))

@@ -5,7 +5,7 @@ import torch
 
 from mtl_rec.config import ConfigError, from_dict
 from mtl_rec.config.model import ModelConfig, parse_tasks
-from mtl_rec.models import MODELS, TaskHeads, build_backbone
+from mtl_rec.models import MODELS, TaskHeads, arch_config, build_backbone
 from mtl_rec.models.layers import Gate
 from mtl_rec.models.omoe import OMoE
 from mtl_rec.models.ple import PLE
@@ -91,15 +91,15 @@ def test_unknown_arch_and_params_list_the_valid_choices():
     with pytest.raises(
         ConfigError, match="unknown model arch 'mmmoe'; registered: shared_bottom, omoe, mmoe, cgc, ple"
     ):
-        from_dict(ModelConfig, {"arch": "mmmoe"})
+        arch_config(from_dict(ModelConfig, {"arch": "mmmoe"}))
     with pytest.raises(
         ConfigError, match="unknown key 'experts' in model.params; valid keys: num_experts, expert"
     ):
-        from_dict(ModelConfig, {"arch": "mmoe", "params": {"experts": 4}})
+        arch_config(from_dict(ModelConfig, {"arch": "mmoe", "params": {"experts": 4}}))
     with pytest.raises(ConfigError, match=r"model.params.expert.hidden\[0\]: expected an integer"):
-        from_dict(ModelConfig, {"arch": "mmoe", "params": {"expert": {"hidden": ["wide"]}}})
+        arch_config(from_dict(ModelConfig, {"arch": "mmoe", "params": {"expert": {"hidden": ["wide"]}}}))
     with pytest.raises(ConfigError, match="num_experts must be >= 1"):
-        from_dict(ModelConfig, {"arch": "omoe", "params": {"num_experts": 0}})
+        arch_config(from_dict(ModelConfig, {"arch": "omoe", "params": {"num_experts": 0}}))
     cfg = from_dict(ModelConfig, {"arch": "cgc", "params": {"specific_experts": {"ctr": 2, "nope": 1}}})
     with pytest.raises(ConfigError, match=r"count for each task \(ctr, cvr, cart\).*unknown: \['nope'\]"):
         build_backbone(cfg, IN_DIM, TASKS)

@@ -5,7 +5,7 @@ import torch
 
 from mtl_rec.config import ConfigError, from_dict
 from mtl_rec.config.model import ModelConfig
-from mtl_rec.models import build_backbone
+from mtl_rec.models import arch_config, build_backbone
 from mtl_rec.models.cross_stitch import CrossStitch, stitch_init
 
 TASKS = ("ctr", "cvr", "cart")
@@ -85,6 +85,6 @@ def test_learned_stitches_share_between_the_columns():
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="at least one column layer"):
-        from_dict(ModelConfig, {"arch": "cross_stitch", "params": {"column": {"hidden": []}}})
+        arch_config(from_dict(ModelConfig, {"arch": "cross_stitch", "params": {"column": {"hidden": []}}}))
     with pytest.raises(ConfigError, match=r"stitch_self_init must be in \[0, 1\], got 1.5"):
-        from_dict(ModelConfig, {"arch": "cross_stitch", "params": {"stitch_self_init": 1.5}})
+        arch_config(from_dict(ModelConfig, {"arch": "cross_stitch", "params": {"stitch_self_init": 1.5}}))

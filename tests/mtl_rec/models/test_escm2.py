@@ -22,9 +22,10 @@ from mtl_rec.config import ConfigError, from_dict
 from mtl_rec.config.model import ModelConfig, parse_tasks
 from mtl_rec.config.run import RunConfig
 from mtl_rec.losses import auxiliary_losses, task_losses
-from mtl_rec.models import TaskHeads, build_backbone
+from mtl_rec.models import TaskHeads, arch_config, build_backbone
 from mtl_rec.models.escm2 import counterfactual_terms
 from mtl_rec.models.model import MultiTaskModel
+from mtl_rec.step import TrainPipeline
 from mtl_rec.weighting import METHODS, build_weighting
 from tests.harness import run_on_ranks
 from tests.mtl_rec.models.test_model import random_batch
@@ -219,13 +220,13 @@ def test_extreme_logits_stay_finite():
 
 def test_config_errors_name_the_key_and_the_choices():
     with pytest.raises(ConfigError, match="escm2 backbone 'escm2' is not a registered backbone"):
-        from_dict(ModelConfig, {"arch": "escm2", "params": {"backbone": "escm2"}})
+        arch_config(from_dict(ModelConfig, {"arch": "escm2", "params": {"backbone": "escm2"}}))
     with pytest.raises(ConfigError, match="unknown key 'experts' in model.params.backbone_params"):
-        from_dict(ModelConfig, {"arch": "escm2", "params": {"backbone_params": {"experts": 2}}})
+        arch_config(from_dict(ModelConfig, {"arch": "escm2", "params": {"backbone_params": {"experts": 2}}}))
     with pytest.raises(ConfigError, match="model.params.form: 'snips' is not one of 'ips', 'dr'"):
-        from_dict(ModelConfig, {"arch": "escm2", "params": {"form": "snips"}})
+        arch_config(from_dict(ModelConfig, {"arch": "escm2", "params": {"form": "snips"}}))
     with pytest.raises(ConfigError, match=r"min_propensity must be in \(0, 1\]"):
-        from_dict(ModelConfig, {"arch": "escm2", "params": {"min_propensity": 0.0}})
+        arch_config(from_dict(ModelConfig, {"arch": "escm2", "params": {"min_propensity": 0.0}}))
     with pytest.raises(ConfigError, match="escm2 cvr_task 'cvr' is not a task \\(ctr, ctcvr\\)"):
         build_backbone(ModelConfig(arch="escm2", params={"cvr_task": "cvr"}), IN_DIM, ["ctr", "ctcvr"])
     with pytest.raises(ConfigError, match="needs a CTR and a CVR task"):
@@ -266,21 +267,18 @@ def test_every_weighting_method_trains_the_imputation_tower_alike(method):
 TWO_RANK_TIMEOUT_S = 90.0
 
 
-def trainer_step(model, module, batch: Batch, cfg: RunConfig) -> dict:
-    """mtl_rec.train.train_worker's step: losses, weighting, auxiliary terms added, one backward,
-    after_backward. -> {"aux": {name: [] this rank's share}, "grads": {dense parameter: grad}}."""
+def trainer_step(model, module, batch: Batch, cfg: RunConfig, optimizer=None) -> dict:
+    """One step of the worker's TrainPipeline (mtl_rec.step): losses, weighting, auxiliary terms added,
+    one backward, after_backward, optimizer step. optimizer: a ShardedModel; default SGD at rate 0
+    (the gradients are compared, the weights stay). -> {"aux": {name: [] this rank's share},
+    "grads": {dense parameter: grad}}."""
     weighting = build_weighting(
         cfg.weighting, cfg.tasks, {task.name: 0.3 for task in cfg.tasks}
     )  # priors: prior_loss
-    if weighting.requires_shared:
-        weighting.attach_shared(weighting.shared_parameters(module.backbone), bool(module.auxiliary_spaces()))
-    outputs = model(batch)
-    total, _ = weighting.combine(task_losses(outputs, batch, cfg.tasks).losses, 0)
-    aux = auxiliary_losses(outputs.aux, module.auxiliary_spaces(), batch)
-    (total + sum(aux.values())).backward()
-    weighting.after_backward()
+    optimizer = optimizer or torch.optim.SGD(module.parameters(), lr=0.0)
+    result = TrainPipeline(model, module, optimizer, weighting, cfg.tasks).progress(iter([batch]))
     return {
-        "aux": {name: value.detach().clone() for name, value in aux.items()},
+        "aux": {name: value.detach().clone() for name, value in result.aux.items()},
         "grads": {
             name: param.grad.detach().clone()
             for name, param in module.named_parameters()
@@ -307,7 +305,9 @@ def _trainer_step_worker(rank: int, out_dir: Path, cases: dict[str, tuple[dict, 
         load_full_state(sharded.model, reference_model(spec, cfg).state_dict())
         sharded.model.train(not eval_mode)
         sharded.zero_grad()
-        results[case] = trainer_step(sharded.model, sharded.module, make_batch(spec, *TWO_RANKS[rank]), cfg)
+        results[case] = trainer_step(
+            sharded.model, sharded.module, make_batch(spec, *TWO_RANKS[rank]), cfg, sharded
+        )
     torch.save(results, out_dir / f"rank{rank}.pt")
 
 

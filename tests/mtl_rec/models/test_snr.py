@@ -14,7 +14,7 @@ from mtl_rec.config import ConfigError, from_dict
 from mtl_rec.config.model import MLPConfig, ModelConfig, parse_tasks
 from mtl_rec.config.run import RunConfig
 from mtl_rec.losses import auxiliary_losses, task_losses
-from mtl_rec.models import SNR, SNRConfig, build_backbone
+from mtl_rec.models import SNR, SNRConfig, arch_config, build_backbone
 from mtl_rec.models.model import MultiTaskModel
 from mtl_rec.models.snr import HardConcreteGates
 from mtl_rec.weighting import METHODS
@@ -162,11 +162,11 @@ def test_a_task_input_is_the_gated_sum_over_subnetworks(variant):
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="model.params.variant: 'sum' is not one of 'trans', 'avg'"):
-        from_dict(ModelConfig, {"arch": "snr", "params": {"variant": "sum"}})
+        arch_config(from_dict(ModelConfig, {"arch": "snr", "params": {"variant": "sum"}}))
     with pytest.raises(ConfigError, match="hard concrete needs beta > 0, gamma < 0, zeta > 1"):
-        from_dict(ModelConfig, {"arch": "snr", "params": {"gamma": 0.1}})
+        arch_config(from_dict(ModelConfig, {"arch": "snr", "params": {"gamma": 0.1}}))
     with pytest.raises(ConfigError, match="num_levels and subnetworks must be >= 1"):
-        from_dict(ModelConfig, {"arch": "snr", "params": {"subnetworks": 0}})
+        arch_config(from_dict(ModelConfig, {"arch": "snr", "params": {"subnetworks": 0}}))
     with pytest.raises(ConfigError, match="subnetwork.hidden needs at least one layer"):
         build_backbone(ModelConfig(arch="snr", params={"subnetwork": {"hidden": []}}), IN_DIM, TASKS)
 

@@ -11,8 +11,10 @@ import torch
 from mtl_rec.batch import Batch
 from mtl_rec.config import ConfigError, FeatureSpec, SampleSpace, from_dict
 from mtl_rec.config.model import ModelConfig, parse_tasks
-from mtl_rec.models import build_backbone
+from mtl_rec.models import arch_config, build_backbone
+from mtl_rec.models.model import MultiTaskModel
 from mtl_rec.models.star import STAR, PartitionedNorm, StarLinear
+from mtl_rec.step import TrainPipeline
 from mtl_rec.weighting import METHODS, WeightingConfig, build_weighting
 from pipelines.collate import BatchLayout, collate
 from pipelines.errors import BadRowsError
@@ -207,7 +209,7 @@ def test_domain_ids_are_checked():
     single = star(num_domains=1)  # one domain: no column needed
     assert single(x)["ctr"].shape == (4, 1)
     with pytest.raises(ConfigError, match="num_domains and domain_embedding_dim must be >= 1"):
-        from_dict(ModelConfig, {"arch": "star", "params": {"num_domains": 0}})
+        arch_config(from_dict(ModelConfig, {"arch": "star", "params": {"num_domains": 0}}))
 
 
 # The tiny pipeline spec plus a `scene` column naming one of two domains.
@@ -227,8 +229,6 @@ def test_spec_domain_column_is_carried_into_batch_meta_and_read_by_star():
     out = transform_block(validate_block(table, spec, "error", None), spec, stats, spaces)
     batch = collate(out, BatchLayout.from_table(out))
     assert batch.meta["scene"].dtype == torch.int64 and batch.meta["scene"].tolist() == [0, 1, 1, 0, 1, 0]
-
-    from mtl_rec.models.model import MultiTaskModel
 
     tasks = parse_tasks(
         [{"name": "ctr", "label": "click"}, {"name": "ctcvr", "label": "conversion", "parent": "ctr"}]
@@ -257,7 +257,6 @@ def test_rows_outside_the_domains_are_bad_rows():
 @pytest.mark.parametrize("arch", ["star", "cross_stitch", "asymmetric"])
 def test_new_archs_train_under_every_weighting_method_with_chains_and_spaces(arch, method):
     """ctr over impressions, ctcvr chained to it (ESMM), cart over clicks: two steps of the real loss path."""
-    from mtl_rec.losses import task_losses
     from mtl_rec.models.model import MultiTaskModel
 
     spec = from_dict(FeatureSpec, SCENE_SPEC)
@@ -281,17 +280,12 @@ def test_new_archs_train_under_every_weighting_method_with_chains_and_spaces(arc
         "cpu",
     )
     weighting = build_weighting(WeightingConfig(method), tasks, {"ctr": 0.5, "ctcvr": 0.1, "cart": 0.3})
-    if weighting.requires_shared:
-        weighting.attach_shared(weighting.shared_parameters(model.backbone))
     optimizer = torch.optim.Adam(model.dense_parameters(), lr=1e-2)
+    pipeline = TrainPipeline(model, model, optimizer, weighting, tasks)  # the worker's step
     for step in range(2):
         batch = random_batch(spec, 32, seed=step)
         batch.meta["scene"] = torch.arange(32) % 2
-        losses = task_losses(model(batch), batch, tasks).losses
-        total, weights = weighting.combine(losses, step)
-        optimizer.zero_grad()
-        total.backward()
-        weighting.after_backward()
+        result = pipeline.progress(iter([batch]))
+        total, weights = result.total, result.weights
         assert torch.isfinite(total) and all(math.isfinite(w) for w in weights.values()), (total, weights)
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.dense_parameters())
-        optimizer.step()

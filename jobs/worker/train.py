@@ -1,0 +1,284 @@
+"""The training worker, run by Ray Train's TorchTrainer on every rank (jobs.train starts it).
+
+One flat loop: every epoch's batches, in lockstep across ranks (jobs.worker.runtime), each step's
+learning rates set before its forward, then `TrainPipeline.progress` (mtl_rec.step): losses on their
+sample spaces, weighting, one backward, optimizers. Then exact evaluation over every held-out row
+and a sharded checkpoint. RunProgress (mtl_rec.run_state) counts every row once across restarts.
+
+Example::
+
+    >>> trainer = make_trainer(train_worker, WorkerInputs(cfg, spec, stats, layout, str(out), rows),
+    ...                        datasets, workers=2, cpus_per_worker=0.5, name="train", storage_path=out)
+    >>> trainer.fit()   # RUN_DIR/metrics.json, plan.json, checkpoint/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import yaml
+from tqdm import tqdm
+
+from jobs.worker.runtime import forward_in_lockstep, lockstep, padding_batch, sharded_from, start_worker
+from mtl_rec.checkpoint import CheckpointMismatch, load_checkpoint, published_checkpoint, save_checkpoint
+from mtl_rec.config.features import SPEC_FILE, FeatureSpec, spec_yaml
+from mtl_rec.config.loader import to_dict
+from mtl_rec.config.run import RunConfig
+from mtl_rec.config.stats import FeatureStats
+from mtl_rec.distributed import all_reduce_sum, gather_concat, rank, world_size
+from mtl_rec.early_stopping import EarlyStopping
+from mtl_rec.metrics import MetricAccumulator, eval_targets
+from mtl_rec.run_state import RunProgress
+from mtl_rec.schedule import LRSchedule, ScheduledLR
+from mtl_rec.sharding import describe_plan, plan_to_json
+from mtl_rec.step import StepBatch, StepResult, TrainPipeline
+from mtl_rec.weighting import build_weighting
+from pipelines.collate import BatchLayout
+from pipelines.dataset import iter_batches, start_early
+
+
+@dataclass(frozen=True)
+class WorkerInputs:
+    """Everything a worker needs besides its dataset shards (picklable, sent once)."""
+
+    run: RunConfig
+    spec: FeatureSpec  # resolved on the driver (workers run in another directory)
+    stats: FeatureStats
+    layout: BatchLayout
+    run_dir: str
+    train_rows: int  # rows in the training files (footers), for progress
+    train_files: tuple[str, ...] = ()  # the training inventory's paths, in order (data positions)
+    init_from: str | None = None  # a checkpoint to warm-start from (a fresh run only)
+    label_priors: dict | None = None  # {task: positive rate over its space}, for weighting=prior_loss
+    # rows an epoch trains (the files' rows outside the hold-outs): the LR schedule's length; 0: train_rows
+    planned_rows_per_epoch: int = 0
+
+
+def train_worker(inputs: WorkerInputs) -> None:
+    """Ray Train's train_loop_per_worker. Rank 0 writes RUN_DIR/metrics.json and plan.json.
+
+    Resumes from RUN_DIR/checkpoint when one is published (a restart after a worker failure, or a
+    re-run): weights, optimizers, weighting state, history and the data position. Otherwise
+    `inputs.init_from` warm-starts the weights (and the optimizers, where the sharding plan agrees).
+    """
+    cfg, spec, run_dir = inputs.run, inputs.spec, Path(inputs.run_dir)
+    device = start_worker(cfg.train.torch_threads)
+
+    def epoch_batches(epoch: int) -> Iterator:  # the read tasks skip the rows the checkpoint covers
+        seed = (cfg.train.seed * 1_000_003 + epoch) * 1009 + rank()  # another order every epoch and rank
+        return iter_batches(
+            ray.train.get_dataset_shard("train"), inputs.layout, cfg.data.batch_size,
+            cfg.data.prefetch_batches, shuffle_buffer_rows=cfg.data.shuffle_buffer_rows, shuffle_seed=seed,
+        )  # fmt: skip
+
+    # The shard's start-up (split coordinator, read tasks) overlaps building and sharding the model.
+    # (A run resumed in a later epoch draws its first epoch's shuffle with epoch 0's seed.)
+    first_epoch = None if cfg.train.prebuilt_batches else start_early(epoch_batches(0))
+    torch.manual_seed(cfg.train.seed)  # the same initial dense weights on every rank
+    weighting = build_weighting(cfg.weighting, cfg.tasks, inputs.label_priors).to(device)
+    to_load = published_checkpoint(run_dir / "checkpoint") or (
+        Path(inputs.init_from) if inputs.init_from else None
+    )
+    sharded = sharded_from(spec, cfg, device, to_load, list(weighting.parameters()))
+    padding = padding_batch(inputs.layout, spec).to(device)
+    plan_json = _publish_plan(sharded.plan, run_dir)
+    checkpoint_files = {  # every checkpoint describes itself: scoring and resume never read the working copy
+        "plan.json": plan_json,
+        "config.yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
+        SPEC_FILE: spec_yaml(spec),
+        "feature_stats.json": json.dumps(to_dict(inputs.stats), indent=2),
+    }
+    run = RunProgress.start(
+        sharded, weighting, run_dir, inputs.train_files, cfg.train.epochs, plan_json, cfg.train.audit_ids
+    )
+    warm_start = _warm_start(sharded, weighting, inputs.init_from, plan_json) if run.step == 0 else None
+    if rank() == 0 and run.resumed_from:
+        print(f"[rank 0] resumed from the checkpoint at {run.resumed_from}", flush=True)
+
+    def checkpoint() -> None:
+        manifest = {"world_size": world_size(), "done": run.done}
+        run.checkpoint(sharded, weighting, run_dir / "checkpoint", checkpoint_files, manifest)
+
+    pipeline = TrainPipeline(sharded.model, sharded.module, sharded, weighting, cfg.tasks, device, run.step)
+    # Every step's learning rates (dense and fused tables) from one schedule over the planned rows.
+    planned_rows = max(1, (inputs.planned_rows_per_epoch or inputs.train_rows) * cfg.train.epochs)
+    schedule = LRSchedule(cfg.train.warmup_fraction, cfg.train.lr_schedule, cfg.train.lr_min_ratio)
+    learning_rates = ScheduledLR(
+        schedule,
+        [sharded.dense_optimizer, sharded.table_optimizer],
+        getattr(sharded.model, "fused_optimizer", None),
+    )
+
+    def scheduled(steps: Iterator[StepBatch]) -> Iterator[StepBatch]:
+        for (
+            item
+        ) in steps:  # set as progress() pulls the item, before forward: the fused optimizer runs in backward
+            done = (run.position.rows + item.global_rows) / planned_rows  # the planned share done after it
+            learning_rates.apply(
+                max(done, (run.step + 1) / cfg.train.max_steps) if cfg.train.max_steps else done
+            )
+            yield item
+
+    stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation)
+    stop = lambda: cfg.train.max_steps and run.step >= cfg.train.max_steps  # noqa: E731
+    every = cfg.train.checkpoint_every
+    bar = tqdm(  # mininterval: through Ray's log relay every refresh is a line of its own
+        total=inputs.train_rows * cfg.train.epochs,
+        unit="rows",
+        desc="train",
+        disable=rank() != 0,
+        mininterval=5.0,
+    )
+    bar.update(run.position.rows)
+    prebuilt = list(epoch_batches(0)) if cfg.train.prebuilt_batches else None
+    rows_at_start, start = run.position.rows, time.perf_counter()
+    while not run.done and not stop():
+        if first_epoch is not None:
+            batches, first_epoch = first_epoch, None
+        else:
+            batches = epoch_batches(run.epoch) if prebuilt is None else iter(prebuilt)
+        steps = scheduled(lockstep(batches, padding))
+        while not stop():  # max_steps: the same step on every rank (lockstep), so all ranks leave together
+            try:
+                result = pipeline.progress(steps)
+            except StopIteration:
+                break
+            if result.real:
+                run.record(result.batch, result.global_rows)
+            else:
+                run.count_padding_step(result.global_rows)
+            bar.update(result.global_rows)
+            if run.step % cfg.train.log_every == 0:
+                entry = _history_entry(result, run, rows_at_start, time.perf_counter() - start)
+                run.history.append(entry)
+                bar.set_postfix(samples_s=f"{entry['samples_per_s']:,.0f}", **entry["loss"])
+            if every and run.step % every == 0 and not stop():
+                checkpoint()
+        if not stop():
+            run.end_epoch()  # the epoch's rows are all trained: the next epoch reads every row
+            if cfg.train.validation_fraction:
+                validation = evaluate(sharded.model, inputs, padding, device, dataset="valid")
+                if stopping.update(run.epoch, run.step, validation):
+                    save_checkpoint(
+                        sharded, run_dir / "best", files=checkpoint_files, manifest={"epoch": run.epoch}
+                    )
+                _print_validation(stopping, run.epoch)
+                if stopping.should_stop:
+                    run.position.epoch = cfg.train.epochs  # done: no better epoch for `patience` epochs
+            if every and not run.done:
+                checkpoint()
+    run.position.epoch = max(run.epoch, cfg.train.epochs)  # max_steps ends training early: done
+    train_seconds = time.perf_counter() - start
+    bar.close()
+    if stopping.best is not None and stopping.best["step"] != run.step:  # a later epoch was worse
+        load_checkpoint(sharded, run_dir / "best", current_plan_json=plan_json)
+    checkpoint()  # before evaluation: a failure while evaluating resumes straight to evaluation
+    metrics = evaluate(sharded.model, inputs, padding, device)
+    summary = _summary(metrics, run, rows_at_start, train_seconds, warm_start, stopping)
+    if rank() == 0:
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    ray.train.report({"samples_per_s": summary["train"]["samples_per_s"] or 0.0})
+
+
+def evaluate(model, inputs: WorkerInputs, padding, device, dataset: str = "eval") -> dict:
+    """Exact per-target metrics over every row of `dataset` across ranks (see mtl_rec.metrics)."""
+    cfg = inputs.run
+    accumulator = MetricAccumulator(eval_targets(cfg.tasks, inputs.spec))
+    shard = ray.train.get_dataset_shard(dataset)
+    batches = iter_batches(shard, inputs.layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
+    for batch, outputs in forward_in_lockstep(model, batches, padding, device):
+        accumulator.update(outputs, batch)
+    return accumulator.compute()
+
+
+def _history_entry(result: StepResult, run: RunProgress, rows_at_start: int, seconds: float) -> dict:
+    """One logged step of metrics.json train.history: global losses (summed over ranks) and weights."""
+    names = list(result.losses.losses)
+    totals = all_reduce_sum(torch.stack([result.losses.losses[n].detach() for n in names])).tolist()  # [T]
+    entry = {
+        "step": run.step,
+        "epoch": run.epoch,
+        "rows": run.position.rows,
+        "seconds": seconds,
+        "samples_per_s": (run.position.rows - rows_at_start) / seconds,
+        "loss": dict(zip(names, totals, strict=True)),
+        "weights": result.weights,
+    }
+    if result.aux:
+        aux_totals = all_reduce_sum(torch.stack(list(result.aux.values())).detach()).tolist()  # [A]
+        entry["aux"] = dict(zip(result.aux, aux_totals, strict=True))
+    if result.cosines:
+        entry["grad_cosine"] = result.cosines
+    return entry
+
+
+def _summary(metrics, run: RunProgress, rows_at_start, seconds, warm_start, stopping) -> dict:
+    """metrics.json: the evaluation's per-target metrics and the run's training figures."""
+    rows = run.position.rows - rows_at_start
+    peak_rss_mb = gather_concat(np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))
+    best = stopping.best
+    return {
+        "tasks": metrics,
+        "train": {
+            "rows": run.position.rows,
+            "rows_this_attempt": rows,
+            "seconds": seconds,
+            "steps": run.step,
+            "samples_per_s": rows / seconds if seconds > 0 else None,
+            "workers": world_size(),
+            "peak_rss_mb_per_worker": peak_rss_mb.tolist(),  # in rank order
+            "resumed_from": run.resumed_from,
+            "warm_start": warm_start,
+            "validation": run.validation,  # per epoch: metrics on the validation rows and their score
+            "best_epoch": best and best["epoch"],  # the epoch whose weights were kept
+            "history": run.history,
+        },
+    }
+
+
+def _publish_plan(plan, run_dir: Path) -> str:
+    """RUN_DIR/workers/rank<R>.json (pid, Ray node, start: operators and fault tests); rank 0 also
+    writes RUN_DIR/plan.json and prints the plan in one line. Returns the plan's JSON."""
+    plan_json = plan_to_json(plan)
+    folder = run_dir / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    node = ray.get_runtime_context().get_node_id()
+    info = {"pid": os.getpid(), "rank": rank(), "node": node, "started": time.time()}
+    (folder / f"rank{rank()}.json").write_text(json.dumps(info))
+    if rank() == 0:
+        (run_dir / "plan.json").write_text(plan_json)
+        print(f"[rank 0] {describe_plan(plan, world_size())}; shards in {run_dir / 'plan.json'}", flush=True)
+    return plan_json
+
+
+def _print_validation(stopping: EarlyStopping, epoch: int) -> None:
+    if rank() == 0:
+        score, best = stopping.history[-1]["validation_score"], (stopping.best or {}).get("epoch")
+        print(f"[rank 0] epoch {epoch}: validation NE {score} (best epoch {best})", flush=True)
+
+
+def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> dict | None:
+    """Load a checkpoint's weights (and optimizers and weighting state, where the plan agrees)."""
+    if not init_from:
+        return None
+    try:
+        loaded = load_checkpoint(sharded, init_from, current_plan_json=plan_json)
+        optimizers = "dense_optimizer" in loaded.replicated  # a weights-only checkpoint has none
+    except CheckpointMismatch as mismatch:
+        if rank() == 0:
+            print(f"[rank 0] warm start: weights only ({mismatch})", flush=True)
+        loaded = load_checkpoint(sharded, init_from, weights_only=True)
+        optimizers = False
+    if "weighting" in loaded.replicated:
+        weighting.load_state_dict(loaded.replicated["weighting"])
+    return {"from": str(init_from), "optimizers": optimizers, "steps": loaded.manifest.get("step")}
