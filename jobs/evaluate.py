@@ -179,6 +179,7 @@ def _plots(report: dict, curves: dict, histories: dict) -> dict[str, bytes]:
     figures["auc_by_day"] = plots.auc_by_day_figure(report["metrics"])
     figures["training_loss"] = plots.training_figure(histories, "loss", "loss")
     figures["training_weights"] = plots.training_figure(histories, "weights", "loss weight")
+    figures["training_group_weights"] = plots.group_weights_figure(histories)
     return {name: png for name, png in figures.items() if png is not None}
 
 

@@ -35,7 +35,8 @@ distance, a purchase latent), so o_s and c are independent::
     logit_s = b_s + post_click_scale * (rho * c + sqrt(1 - rho**2) * o_s) + selection_bias * c
 
 ``rho = task_correlation`` is the correlation of a stage's affinity with the click's (0:
-independent, 1: identical up to scale). ``selection_bias`` adds c on top, so the clicked population
+independent, 1: identical up to scale); ``domain_task_correlation`` sets it per domain instead, so
+the domains trade the tasks off differently. ``selection_bias`` adds c on top, so the clicked population
 converts better than the unclicked one would: the gap a CVR model trained on clicks alone inherits.
 Position affects the click only. The intercepts b_* are solved on a calibration sample (a week of
 traffic) so the mean rates hit ``click_rate``, ``cart_rate`` (per click) and ``conversion_rate``
@@ -175,8 +176,11 @@ class World:
         """Click, cart|click and conversion|cart logits without their intercepts."""
         cfg, cal = self.config, self.calibration
         c = (parts["_affinity"] - cal["affinity_mean"]) / cal["affinity_std"]
-        shared = (cfg.post_click_scale * cfg.task_correlation + cfg.selection_bias) * c
-        own = cfg.post_click_scale * math.sqrt(1.0 - cfg.task_correlation**2)
+        rho = cfg.task_correlation  # a float, or [n] per row from its domain
+        if cfg.domain_task_correlation:
+            rho = np.asarray(cfg.domain_task_correlation, dtype=np.float64)[parts["domain"]]  # [n]
+        shared = (cfg.post_click_scale * rho + cfg.selection_bias) * c
+        own = cfg.post_click_scale * np.sqrt(1.0 - rho**2)
         o_cart = (parts["_cart_own"] - cal["cart_own_mean"]) / cal["cart_own_std"]
         o_conv = (parts["_conversion_own"] - cal["conversion_own_mean"]) / cal["conversion_own_std"]
         return parts["_affinity"] + parts["_position"], shared + own * o_cart, shared + own * o_conv
@@ -186,7 +190,7 @@ class World:
         cfg, rng = self.config, rng_for(self.config.seed, _CALIBRATION)
         per_day = -(-cfg.calibration_rows // 7)
         samples = [self._features(rng, day, per_day, 0.0, 1.0).columns for day in range(7)]
-        names = ("_affinity", "_position", "_cart_own", "_conversion_own")
+        names = ("_affinity", "_position", "_cart_own", "_conversion_own", "domain")
         parts = {name: np.concatenate([sample[name] for sample in samples]) for name in names}
         self.calibration = cal = {}
         for name in ("affinity", "cart_own", "conversion_own"):

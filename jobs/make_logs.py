@@ -114,6 +114,11 @@ class GeneratorConfig:
     domain_interaction_scale: float = 0.3
     """Std of the domain x category effects on the click and purchase logits (0: domains differ by a
     shift only)."""
+    domain_task_correlation: tuple[float, ...] = ()
+    """Per domain, the task_correlation of its post-click stages (empty: task_correlation in every
+    domain). Domains then trade the tasks off differently: where it is high a row's purchases follow
+    its click affinity, where it is 0 they depend on the purchase features alone (the setting of
+    task weights per group, mtl_rec.weighting.groups)."""
     favourite_categories: int = 4
     """Favourite categories per user: the best of 8 popular candidates under the user's latent."""
     recent_from_favourites: float = 0.7
@@ -157,6 +162,15 @@ class GeneratorConfig:
             raise ValueError(
                 f"domain_click_shift and domain_buy_shift need one value per domain ({domains}), got "
                 f"{self.domain_click_shift} and {self.domain_buy_shift}"
+            )
+        if self.domain_task_correlation and len(self.domain_task_correlation) != domains:
+            raise ValueError(
+                f"domain_task_correlation needs one value per domain ({domains}), "
+                f"got {self.domain_task_correlation}"
+            )
+        if not all(0.0 <= rho <= 1.0 for rho in self.domain_task_correlation):
+            raise ValueError(
+                f"domain_task_correlation values must be in [0, 1], got {self.domain_task_correlation}"
             )
         if self.domain_interaction_scale < 0:
             raise ValueError(f"domain_interaction_scale must be >= 0, got {self.domain_interaction_scale}")

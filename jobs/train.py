@@ -42,6 +42,7 @@ from mtl_rec.config.features import FeatureSpec, load_feature_spec, save_feature
 from mtl_rec.config.loader import ConfigError, to_dict
 from mtl_rec.config.run import RunConfig
 from mtl_rec.config.stats import FeatureStats
+from mtl_rec.config.weighting import weight_group_count
 from mtl_rec.data_position import POSITION_FILE
 from mtl_rec.metrics import required_spaces
 from mtl_rec.run_config import load_run_config
@@ -137,6 +138,7 @@ def train(
     out = out.resolve()
     resumed = published_checkpoint(out / "checkpoint")
     spec = run_spec(load_feature_spec(cfg.features, spec_overrides), resumed, init_from)
+    weight_group_count(cfg.weighting, spec)  # weighting.groups needs the spec's domain column
     if resumed is not None and (resumed / "config.yaml").is_file():
         changed = config_differences(yaml.safe_load((resumed / "config.yaml").read_text()), to_dict(cfg))
         if changed:  # a resume continues the run it finds: another recipe would be a different run

@@ -97,7 +97,8 @@ def save_checkpoint(
     """
     model, sharded = _parts(target)
     path = Path(path)
-    staging = path.parent / f"{path.name}.tmp-{_broadcast_token()}"
+    token = _broadcast_token()  # one per save: the manifest's id tells two saves at one path apart
+    staging = path.parent / f"{path.name}.tmp-{token}"
     state: dict[str, Any] = {"model": model.state_dict()}
     fused = _fused_state(model)
     if fused is not None:
@@ -114,7 +115,10 @@ def save_checkpoint(
         for name, text in (files or {}).items():
             (staging / name).write_text(text)
         (staging / MANIFEST).write_text(
-            json.dumps({"complete": True, "fused_optimizer": fused is not None, **(manifest or {})}, indent=2)
+            json.dumps(
+                {"complete": True, "fused_optimizer": fused is not None, "id": token, **(manifest or {})},
+                indent=2,
+            )
         )
         previous = path.parent / f"{path.name}.previous"
         if path.exists():

@@ -92,6 +92,46 @@ def task_losses(outputs: TaskOutputs, batch: Batch, tasks: Sequence[TaskConfig])
     return TaskLosses(losses=losses, counts=counts)
 
 
+@dataclass
+class GroupLosses:
+    """Each group's part of every task loss (mtl_rec.weighting.groups).
+
+    losses: {task: [G]} differentiable: sum over group g's local in-space rows / the task's GLOBAL
+            in-space count over all groups, so that summed over groups (and ranks) it is task_losses'
+    counts: [G, T] float64 global in-space rows of each group and task (identical on every rank)
+    """
+
+    losses: dict[str, Tensor]
+    counts: Tensor
+
+
+def group_task_losses(
+    outputs: TaskOutputs, batch: Batch, tasks: Sequence[TaskConfig], groups: Tensor, num_groups: int
+) -> GroupLosses:
+    """task_losses split by row group: groups [B] int in [0, num_groups) -> GroupLosses.
+
+    Collective: one all_reduce of a [G, T] int64 tensor, so every rank must call this every step.
+    """
+    groups = groups.to(torch.int64)  # [B]
+    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
+        raise ValueError(f"group ids must lie in [0, {num_groups}), got {groups.min()}..{groups.max()}")
+    masks = {task.name: _mask_of(batch, task) for task in tasks}  # {task: [B] bool}
+    local_counts = torch.stack(
+        [torch.bincount(groups[mask], minlength=num_groups) for mask in masks.values()], dim=1
+    )  # T x [G] -> [G, T] int64
+    counts = all_reduce_sum(local_counts).to("cpu", torch.float64)  # [G, T], identical on every rank
+    task_counts = counts.sum(dim=0).tolist()  # [G, T] -> T floats, N_t over all groups
+    losses: dict[str, Tensor] = {}
+    for task, global_count in zip(tasks, task_counts, strict=True):
+        name = task.name
+        label = batch.labels[task.label].to(outputs.log_p[name].dtype)  # [B]
+        per_row = row_bce(outputs.log_p[name], outputs.log_1mp[name], label)  # [B]
+        in_space = torch.where(masks[name], per_row, torch.zeros_like(per_row))  # [B], 0 outside the space
+        sums = in_space.new_zeros(num_groups).index_add(0, groups, in_space)  # [B] -> [G], in the graph
+        losses[name] = sums / max(global_count, 1)  # [G]
+    return GroupLosses(losses=losses, counts=counts)
+
+
 def auxiliary_losses(aux: Mapping[str, Tensor], spaces: Mapping[str, str], batch: Batch) -> dict[str, Tensor]:
     """The backbone's auxiliary terms (TaskOutputs.aux) -> {name: [] this rank's share}, same convention
     as the task losses: summed over ranks, each is the term of the global batch.

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 
 from mtl_rec.batch import Batch
 from mtl_rec.config.model import TaskConfig
-from mtl_rec.losses import TaskLosses, auxiliary_losses, task_losses
+from mtl_rec.losses import TaskLosses, auxiliary_losses, group_task_losses, task_losses
 from mtl_rec.models.heads import TaskOutputs
 from mtl_rec.weighting.base import Weighting
+from mtl_rec.weighting.groups import GroupedWeighting
 
 
 class Optimizer(Protocol):
@@ -73,6 +74,7 @@ class StepResult:
     total: Tensor  # [] what was backpropagated
     weights: dict[str, float]  # the weight each task's shared gradient got (surgery) or its loss got
     cosines: dict[str, float]  # gradient methods: {"a|b": cosine of the global task gradients}; else {}
+    group_weights: dict[str, dict[str, float]] | None = None  # weighting.groups: {group: {task: weight}}
 
 
 class TrainPipeline:
@@ -111,7 +113,12 @@ class TrainPipeline:
         batch = item.batch.to(self.device, non_blocking=True)  # a no-op for a batch already there
         outputs = self.model(batch)
         losses = task_losses(outputs, batch, self.tasks)
-        total, weights = self.weighting.combine(losses.losses, self.step)  # identical on every rank
+        if isinstance(self.weighting, GroupedWeighting):  # one weight vector per row group
+            group_ids, num_groups = self._group_ids(batch), self.weighting.num_groups  # [B], G
+            groups = group_task_losses(outputs, batch, self.tasks, group_ids, num_groups)
+            total, weights = self.weighting.combine_groups(groups, self.step)
+        else:
+            total, weights = self.weighting.combine(losses.losses, self.step)  # identical on every rank
         aux = auxiliary_losses(outputs.aux, self.aux_spaces, batch)  # regularisers, added unweighted
         if aux:
             total = total + torch.stack(list(aux.values())).sum()  # A x [] -> []
@@ -122,8 +129,28 @@ class TrainPipeline:
         self.weighting.sync_gradients()
         self.optimizer.step()
         cosines = dict(self.weighting.last_cosines)
+        grouped = self.weighting.group_weights() if isinstance(self.weighting, GroupedWeighting) else None
         result = StepResult(
-            self.step, batch, item.real, item.global_rows, outputs, losses, aux, total, weights, cosines
+            self.step,
+            batch,
+            item.real,
+            item.global_rows,
+            outputs,
+            losses,
+            aux,
+            total,
+            weights,
+            cosines,
+            grouped,
         )
         self.step += 1
         return result
+
+    def _group_ids(self, batch: Batch) -> Tensor:
+        column = self.weighting.column
+        if column not in batch.meta:
+            raise KeyError(
+                f"weighting.groups.column {column!r} is not in the batch (meta: {sorted(batch.meta)}); it "
+                "must be the feature spec's domain_column"
+            )
+        return batch.meta[column]  # [B]

@@ -50,6 +50,17 @@ def run_on_ranks(worker: Callable, *args, world_size: int = 2, timeout_s: float 
     forks each rank from that clean, not-yet-threaded process; two spawned ranks would import them in
     parallel on a 2-core CI box, 3x slower. Fork from pytest itself is unsafe (OpenMP, Ray threads).
     """
+    for attempt in range(3):
+        try:
+            return _run_once(worker, args, world_size, timeout_s)
+        except torch.multiprocessing.ProcessRaisedException as failure:
+            # The free port was taken between choosing and binding it (a Ray cluster starting beside
+            # the test): the ranks failed in init_process_group, before the worker ran. Another port.
+            if "EADDRINUSE" not in str(failure) or attempt == 2:
+                raise
+
+
+def _run_once(worker: Callable, args: tuple, world_size: int, timeout_s: float) -> None:
     context = start_ranks(worker, *args, world_size=world_size)
     deadline = time.monotonic() + timeout_s
     try:

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m jobs.bench [loader|flops|train|growth|weighting|all] --out FILE.json`.
+"""Benchmarks: `python -m jobs.bench SECTION --out FILE.json`, SECTION one of those below or `all`.
 
 loader     rows/s from Parquet to Batch through Ray Data's streaming_split (2 consumer actors, as
            Ray Train's workers consume it), next to pyarrow alone and to one process without Ray
@@ -12,6 +12,9 @@ weighting  per-step time of every loss-weighting method relative to fixed weight
 quality    the presets' AUC and pred/obs next to HistGBDT, logistic regression and single-task DNNs
            on the same generated rows, and on UCI Adult next to torch-rechub and DeepCTR-Torch
            (not part of `all`: `make bench` runs it after; jobs/bench/quality.py)
+serve      the reference MMoE exported and served: batch rows/s, HTTP latency (jobs/bench/serve.py)
+groups     task weights per domain against one weight vector, on logs whose domains trade the tasks
+           off differently: per-domain AUC deltas with bootstrap CIs (jobs/bench/groups.py)
 
 `all` runs them in that order and ends with one summary table (jobs.bench.report) against the
 goals. Speed lives here, never in timed tests. Figures go to docs/benchmarks.md with the machine

@@ -36,6 +36,7 @@ QUICK = {
     "growth_workers": [1],
     "serve_rows": 20_000,
     "serve_repeat": 1,
+    "groups_rows": 20_000,
 }
 
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=OVERVIEW,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("what", choices=[*SECTIONS, "quality", "serve", "all"])
+    parser.add_argument("what", choices=[*SECTIONS, "quality", "serve", "groups", "all"])
     parser.add_argument("--out", default="docs/bench-latest.json")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes for a smoke run (figures mean nothing)"
@@ -97,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve-repeat", type=int, default=2, help="serve: batch-prediction runs (best kept)"
     )
     parser.add_argument("--quality-epochs", type=_ints, default=[1], help="Adult: epochs of every library")
+    parser.add_argument("--groups-rows", type=int, default=300_000, help="groups: rows of each of its 3 days")
+    parser.add_argument(
+        "--groups-method", default="uncertainty", help="groups: the weighting method of both runs"
+    )
+    parser.add_argument(
+        "--groups-correlation",
+        type=lambda t: [float(x) for x in t.split(",")],
+        default=[0.9, 0.9, 0.0],
+        help="groups: the generator's domain_task_correlation, one value per domain",
+    )
     return parser
 
 
@@ -134,7 +145,11 @@ def run(args, argv: list[str] | None = None) -> dict:
     from mtl_rec.run_config import load_run_config
 
     sections = (
-        list(SECTIONS) if args.what == "all" else [] if args.what in ("quality", "serve") else [args.what]
+        list(SECTIONS)
+        if args.what == "all"
+        else []
+        if args.what in ("quality", "serve", "groups")
+        else [args.what]
     )
     command = "python -m jobs.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict = {"machine": machine(), "command": command}
@@ -174,6 +189,12 @@ def run(args, argv: list[str] | None = None) -> dict:
 
         results["quality"] = bench_quality(args)
         print_quality(results["quality"])
+
+    if args.what == "groups":
+        from jobs.bench.groups import bench_groups, print_groups
+
+        results["groups"] = bench_groups(args)
+        print_groups(results["groups"])
 
     if args.what == "serve":
         from jobs.bench.serve import bench_serve, print_serve

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+from jobs.bench.groups import groups_rows
 from jobs.bench.quality_report import quality_goal_rows
 from jobs.bench.serve import serve_rows
 from jobs.bench.table import COLUMNS, Row, format_table
@@ -216,5 +217,10 @@ SECTIONS = {
 
 def summary_rows(results: dict) -> list[Row]:
     """The table's rows for every section present in `results` (the JSON jobs.bench writes)."""
-    sections = {**SECTIONS, "quality": lambda r: quality_goal_rows(r["runs"]), "serve": serve_rows}
+    sections = {
+        **SECTIONS,
+        "quality": lambda r: quality_goal_rows(r["runs"]),
+        "serve": serve_rows,
+        "groups": groups_rows,
+    }
     return [row for name, build in sections.items() if name in results for row in build(results[name])]

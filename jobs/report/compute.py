@@ -7,8 +7,8 @@ positive rows) and each cohort (all days, each day, each of the top-k values of 
     rows, positives; per model: exact AUC, GAUC (mean, impression-weighted, positive-weighted;
     single-class groups skipped and counted), logloss, normalised entropy, calibration (ratio, ECE,
     reliability bins), gap to the oracle AUC; the oracle AUC where a truth column exists; and,
-    with a baseline, the delta of every metric (run - baseline) and, over all days, a paired
-    bootstrap confidence interval of the AUC delta.
+    with a baseline, the delta of every metric (run - baseline) and, over all days and in each
+    slice, a paired bootstrap confidence interval of the AUC delta.
 
 Memory: each cohort is one histogram pass over its narrow columns, exact-AUC gather passes of at
 most `budget_rows` rows, and one group bucket at a time for GAUC (mtl_rec.evaluation, store.py).
@@ -250,12 +250,14 @@ def compute_metrics(
                 store, target, Cohort("all days", days), overall["delta"]["auc"]["value"], settings
             )
         by_day = {day: score_cohort(store, target, Cohort(day, (day,)), models, settings)[0] for day in days}
-        by_slice = {
-            str(s["value"]): score_cohort(
-                store, target, Cohort(f"{slice_column}={s['value']}", days, s["value"]), models, settings
-            )[0]
-            for s in slices["values"]
-        }
+        by_slice = {}
+        for s in slices["values"]:
+            cohort = Cohort(f"{slice_column}={s['value']}", days, s["value"])
+            block = by_slice[str(s["value"])] = score_cohort(store, target, cohort, models, settings)[0]
+            if "baseline" in models:  # per slice too: a change may help one slice and hurt another
+                block["auc_delta_ci"] = auc_delta_interval(
+                    store, target, cohort, block["delta"]["auc"]["value"], settings
+                )
         metrics[target.name] = {
             "task": target.task,
             "label": target.label,

@@ -124,3 +124,25 @@ def training_figure(histories: dict[str, list[dict]], key: str, ylabel: str) -> 
     ax.set(xlabel="training step", ylabel=ylabel, title=f"Training {ylabel} per task")
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     return _png(fig)
+
+
+def group_weights_figure(histories: dict[str, list[dict]]) -> bytes | None:
+    """weighting.groups runs: each group's weight of each task against the step, one panel per task,
+    one colour per group; the run solid, the baseline dashed."""
+    logged = {model: [h for h in history if "group_weights" in h] for model, history in histories.items()}
+    logged = {model: history for model, history in logged.items() if history}
+    if not logged:
+        return None
+    tasks = list(next(iter(next(iter(logged.values()))[0]["group_weights"].values())))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for model, history in logged.items():
+            steps = [h["step"] for h in history]
+            for group in history[0]["group_weights"]:
+                values = [h["group_weights"].get(group, {}).get(task) for h in history]
+                ax.plot(steps, values, color=f"C{int(group) % 10}", linestyle=STYLE[model][1],
+                        label=f"group {group} ({model})")  # fmt: skip
+        ax.set(xlabel="training step", ylabel="loss weight", title=task)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Task weights per group (weighting.groups)", fontsize=10)
+    return _png(fig)

@@ -177,7 +177,7 @@ def tables(report: dict) -> list[Table]:
                 "rows",
                 "positives",
                 "AUC",
-                *(["delta AUC"] if has_base else []),
+                *(["delta AUC", f"{report['settings']['confidence']:.0%} CI"] if has_base else []),
                 "GAUC mean",
                 "logloss",
                 "pred/obs",
@@ -186,7 +186,12 @@ def tables(report: dict) -> list[Table]:
         )
         for name, t in metrics.items():
             for value, b in t["by_slice"].items():
-                delta = [fmt(b["delta"]["auc"], signed=True) if "delta" in b else ""] if has_base else []
+                delta = (
+                    [fmt(b["delta"]["auc"], signed=True), _ci(b.get("auc_delta_ci"))]
+                    if "delta" in b
+                    else ["", ""]
+                )
+                delta = delta if has_base else []
                 by_slice.rows.append(
                     [
                         name,

@@ -276,7 +276,8 @@ def score_worker(inputs: ScoreInputs) -> None:
 def score_key(
     run: RunArtifacts, inventories: dict, buckets: int, slice_column: str | None, split=None
 ) -> str:
-    """What a model's scores depend on, hashed: checkpoint (path and manifest), files and their rows,
+    """What a model's scores depend on, hashed: checkpoint (path and manifest, whose id is new with every
+    save: a run retrained in place is scored again), files and their rows,
     buckets, slice column. Equal keys: the scores on disk can be reused."""
     identity = {
         "checkpoint": str(run.checkpoint),

@@ -35,6 +35,7 @@ from mtl_rec.config.features import SPEC_FILE, FeatureSpec, spec_yaml
 from mtl_rec.config.loader import to_dict
 from mtl_rec.config.run import RunConfig
 from mtl_rec.config.stats import FeatureStats
+from mtl_rec.config.weighting import weight_group_count
 from mtl_rec.distributed import all_reduce_sum, gather_concat, rank, world_size
 from mtl_rec.early_stopping import EarlyStopping
 from mtl_rec.metrics import MetricAccumulator, eval_targets
@@ -85,7 +86,8 @@ def train_worker(inputs: WorkerInputs) -> None:
     # (A run resumed in a later epoch draws its first epoch's shuffle with epoch 0's seed.)
     first_epoch = None if cfg.train.prebuilt_batches else start_early(epoch_batches(0))
     torch.manual_seed(cfg.train.seed)  # the same initial dense weights on every rank
-    weighting = build_weighting(cfg.weighting, cfg.tasks, inputs.label_priors).to(device)
+    groups = weight_group_count(cfg.weighting, spec)  # 0: one weight vector for every row
+    weighting = build_weighting(cfg.weighting, cfg.tasks, inputs.label_priors, groups).to(device)
     to_load = published_checkpoint(run_dir / "checkpoint") or (
         Path(inputs.init_from) if inputs.init_from else None
     )
@@ -219,6 +221,8 @@ def _history_entry(result: StepResult, run: RunProgress, rows_at_start: int, sec
         entry["aux"] = dict(zip(result.aux, aux_totals, strict=True))
     if result.cosines:
         entry["grad_cosine"] = result.cosines
+    if result.group_weights is not None:  # weighting.groups: {group: {task: weight}}
+        entry["group_weights"] = result.group_weights
     return entry
 
 

@@ -174,10 +174,11 @@ def read_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
     data = apply_overrides(load_yaml(path), list(overrides))
     weighting = data.get("weighting")
     if isinstance(weighting, dict):  # the flat form `{method: dwa, window: 50}` puts params beside method
-        flat = {k: v for k, v in weighting.items() if k not in ("method", "params")}
+        flat = {k: v for k, v in weighting.items() if k not in ("method", "params", "groups")}
         data["weighting"] = {
             "method": weighting.get("method", "fixed"),
             "params": {**weighting.get("params", {}), **flat},
+            **({"groups": weighting["groups"]} if "groups" in weighting else {}),
         }
     try:
         cfg = from_dict(RunConfig, data)

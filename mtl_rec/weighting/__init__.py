@@ -55,6 +55,7 @@ from mtl_rec.weighting.dwa import DWA, DWAConfig
 from mtl_rec.weighting.fixed import Fixed, FixedConfig
 from mtl_rec.weighting.gradient import GradientWeighting, GradNormalization, GradNormalizationConfig
 from mtl_rec.weighting.gradnorm import GradNorm, GradNormConfig
+from mtl_rec.weighting.groups import GroupedWeighting
 from mtl_rec.weighting.loss_normalization import (
     GeneralizedMean,
     GeneralizedMeanConfig,
@@ -105,16 +106,24 @@ def method_config(cfg: WeightingConfig) -> Any:
 
 
 def build_weighting(
-    cfg: WeightingConfig, tasks: Sequence[TaskConfig], label_priors: Mapping[str, float] | None = None
+    cfg: WeightingConfig,
+    tasks: Sequence[TaskConfig],
+    label_priors: Mapping[str, float] | None = None,
+    num_groups: int = 0,
 ) -> Weighting:
     """The registered method `cfg.method` for these tasks (ConfigError on bad params or task names).
 
     label_priors: {task: positive rate of its label over its sample space on the training data};
     only prior_loss needs it (or its `priors` param).
+    num_groups: with `cfg.groups`, G (mtl_rec.config.weighting.weight_group_count): one instance of
+    the method per group (mtl_rec.weighting.groups.GroupedWeighting)
     """
     config = method_config(cfg)  # ConfigError naming the valid methods / keys
     weighting_class, _ = METHODS[cfg.method]
-    return weighting_class(tasks, config, label_priors)
+    if cfg.groups is None:
+        return weighting_class(tasks, config, label_priors)
+    make = lambda: weighting_class(tasks, config, label_priors)  # noqa: E731
+    return GroupedWeighting(tasks, make, num_groups, cfg.groups.column)
 
 
 __all__ = [
@@ -133,6 +142,7 @@ __all__ = [
     "GradVac",
     "GradVacConfig",
     "GradientWeighting",
+    "GroupedWeighting",
     "InitialLoss",
     "InitialLossConfig",
     "LossStatWeighting",

@@ -21,11 +21,16 @@ DATES = "2026-11-18..2026-11-19"
 _CACHE: dict = {}  # module-level: test_report_html imports the fixture; training happens once per session
 
 
+SETTINGS = ("data.batch_size=1024", "train.log_every=3", "model.params.expert.hidden=[64]")
+# the run: per-group task weights (uncertainty, one vector per value of the spec's domain column)
+RUN_SETTINGS = (*SETTINGS, "train.max_steps=15", "weighting={method: uncertainty, groups: {column: domain}}")
+TRAINED_WITH = ("tables.user_id.num_embeddings=50000",)  # saved with each run; jobs.evaluate reads it there
+
+
 def _train_and_evaluate(logs, root):
-    settings = ("data.batch_size=1024", "train.log_every=3", "model.params.expert.hidden=[64]")
-    run_cfg = load_run_config("jobs/configs/mmoe.yaml", (*settings, "train.max_steps=15"))
-    base_cfg = load_run_config("jobs/configs/mmoe.yaml", (*settings, "train.max_steps=1", "train.workers=1"))
-    spec = ("tables.user_id.num_embeddings=50000",)  # saved with each run; jobs.evaluate reads it there
+    run_cfg = load_run_config("jobs/configs/mmoe.yaml", RUN_SETTINGS)
+    base_cfg = load_run_config("jobs/configs/mmoe.yaml", (*SETTINGS, "train.max_steps=1", "train.workers=1"))
+    spec = TRAINED_WITH
     train(run_cfg, str(logs), "2026-11-18", "2026-11-19", root / "run", spec)
     train(base_cfg, str(logs), "2026-11-18", "2026-11-19", root / "base", spec)
     report = evaluate(root / "run", str(logs), DATES, root / "report", baseline=root / "base")
@@ -124,13 +129,26 @@ def test_report_metrics_equal_sklearn_on_the_written_predictions(evaluated):
 def test_report_files_and_plots(evaluated):
     report, out = evaluated["report"], evaluated["root"] / "report"
     expected = {f"{kind}_{t}" for t in report["metrics"] for kind in ("roc", "reliability")}
-    expected |= {"auc_by_day", "training_loss", "training_weights"}
+    expected |= {"auc_by_day", "training_loss", "training_weights", "training_group_weights"}
     assert set(report["plots"]) == expected
     for path in report["plots"].values():
         assert (out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "report.md").read_text()
     assert "NaN" not in markdown and "nan" not in markdown.split()
     assert f"{report['metrics']['ctr']['overall']['run']['auc']['value']:.4f}" in markdown
+
+
+def test_per_group_weights_are_logged_for_every_group_at_every_logged_step(evaluated):
+    """weighting.groups through jobs.train on 2 workers: metrics.json and the report hold each
+    domain's [K] weights per logged step; uncertainty moved them apart from their start."""
+    history = json.loads((evaluated["root"] / "run" / "metrics.json").read_text())["train"]["history"]
+    assert [h["step"] for h in history] == [3, 6, 9, 12, 15]
+    for entry in history:
+        assert set(entry["group_weights"]) == {"0", "1", "2"}
+        assert all(set(w) == {"ctr", "cvr", "cart"} for w in entry["group_weights"].values())
+    last = history[-1]["group_weights"]
+    assert last["0"] != last["2"]  # each domain's log-variances learn from its own losses
+    assert evaluated["report"]["training"]["run"][-1]["group_weights"] == last
 
 
 def test_gate_fails_exactly_when_a_task_drops_more_than_the_threshold(evaluated, capsys):

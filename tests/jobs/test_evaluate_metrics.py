@@ -108,6 +108,13 @@ def test_bounded_report_equals_sklearn_on_the_same_rows(written, budget_rows):
         assert metrics[target.name]["by_slice"]["2"]["run"]["auc"]["value"] == pytest.approx(
             roc_auc_score(labels[in_slice], run[in_slice]), abs=1e-12
         )
+        sliced = metrics[target.name]["by_slice"]["2"]
+        exact_delta = roc_auc_score(labels[in_slice], run[in_slice]) - roc_auc_score(
+            labels[in_slice], base[in_slice]
+        )
+        assert sliced["auc_delta_ci"]["delta"] == pytest.approx(exact_delta, abs=1e-12)  # centred on it
+        assert sliced["auc_delta_ci"]["low"] < exact_delta < sliced["auc_delta_ci"]["high"]
+        assert sliced["auc_delta_ci"]["rows"] == in_slice.sum()  # the slice's rows, not all rows
         assert curves[target.name]["run"]["tpr"][-1] == 1.0
     ctr = metrics["ctr"]["overall"]
     truth = _np(columns, "truth._truth_p_click")

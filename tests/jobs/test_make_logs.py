@@ -293,8 +293,32 @@ def test_domain_knobs_change_the_labels_and_nothing_else(tmp_path):
         {"domain_shares": (0.7, 0.4, -0.1)},
         {"domain_click_shift": (0.0, 1.0)},
         {"domain_interaction_scale": -0.1},
+        {"domain_task_correlation": (0.5, 0.5)},
+        {"domain_task_correlation": (0.5, 0.5, 1.2)},
     ],
 )
 def test_config_rejects_bad_domain_knobs(knobs):
     with pytest.raises(ValueError, match="domain"):
         GeneratorConfig(**knobs)
+
+
+def test_domain_task_correlation_sets_how_each_domains_purchases_follow_its_clicks(tmp_path):
+    """rho 1 in domains 0-1, 0 in domain 2, no selection bias: a cart's logit is affine in the click
+    affinity in domains 0-1 (corr 1) and independent of it in domain 2; the features stay the same."""
+    knobs = {"domain_task_correlation": (1.0, 1.0, 0.0), "selection_bias": 0.0}
+    generate_logs(tmp_path / "a", START, 1, 20_000, replace(SMALL, **knobs), workers=1, verbose=False)
+    generate_logs(
+        tmp_path / "b", START, 1, 20_000, replace(SMALL, selection_bias=0.0), workers=1, verbose=False
+    )
+    table, default = read_day(tmp_path / "a", START), read_day(tmp_path / "b", START)
+    logit = lambda p: np.log(p.astype(np.float64)) - np.log1p(-p.astype(np.float64))  # noqa: E731
+    affinity = logit(column(table, "_truth_p_click")) + SMALL.position_bias * np.log1p(
+        column(table, "slot_position")
+    )
+    cart = logit(column(table, "_truth_p_cart_given_click"))
+    domain = column(table, "domain")
+    correlation = [np.corrcoef(affinity[domain == d], cart[domain == d])[0, 1] for d in range(3)]
+    assert correlation[0] > 0.999 and correlation[1] > 0.999 and abs(correlation[2]) < 0.1, correlation
+    features = [name for name in SCHEMA.names if name not in {"cart", "conversion"} and "given" not in name]
+    features = [name for name in features if name != "_truth_p_ctcvr"]
+    assert table.select(features).equals(default.select(features))  # only the post-click outcomes move

@@ -20,12 +20,15 @@ from mtl_rec.config import SPEC_FILE, load_feature_spec, load_yaml
 from mtl_rec.config.compat import SpecMismatch
 from mtl_rec.config.loader import ConfigError
 from mtl_rec.run_config import load_run_config
-from tests.jobs.test_evaluate import evaluated  # noqa: F401  (the shared session fixture)
+from tests.jobs.test_evaluate import (
+    RUN_SETTINGS,
+    TRAINED_WITH,
+    evaluated,  # noqa: F401  (the shared session fixture)
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 DAY = "2026-11-19"  # one of the days the fixture scored
-TRAINED_WITH = ("tables.user_id.num_embeddings=50000",)  # the fixture's --spec-set
 DIFFERENCES = (
     "table 'user_id' num_embeddings 50000 -> 1000000; table 'item_id' num_embeddings 500000 -> 100000; "
     "table 'item_id' id_map hash -> mod; dense feature 'price_again' added"
@@ -105,8 +108,7 @@ def test_an_old_checkpoint_falls_back_to_the_config_fitted_to_it(evaluated, tmp_
 def test_a_finished_run_re_run_with_more_epochs_is_refused_with_how_to_continue(evaluated):  # noqa: F811
     """Re-running a finished --out with other settings used to exit 0 having trained nothing."""
     run, logs = evaluated["root"] / "run", evaluated["logs"]
-    settings = ("data.batch_size=1024", "train.log_every=3", "model.params.expert.hidden=[64]")
-    cfg = load_run_config("jobs/configs/mmoe.yaml", (*settings, "train.max_steps=15", "train.epochs=2"))
+    cfg = load_run_config("jobs/configs/mmoe.yaml", (*RUN_SETTINGS, "train.epochs=2"))
     saved = (run / "config.yaml").read_text()
     with pytest.raises(ConfigError) as refused:
         train(cfg, str(logs), "2026-11-18", "2026-11-19", run, TRAINED_WITH)

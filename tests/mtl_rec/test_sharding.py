@@ -14,6 +14,7 @@ initial weight, copied into each rank's local shards (see `load_full_state`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -339,6 +340,7 @@ def _checkpoint_worker(rank: int, root: Path) -> None:
     sharded = sharded_model(spec, cfg, seed=0)
     path = root / "run" / "checkpoint"
     fixed = make_batch(spec, start, end, seed=1)  # predictions are compared on another batch
+    ids = []  # each save's manifest id: scoring keys its cached scores by it (jobs.report.score)
     for step in range(2):  # the 2nd save replaces the 1st checkpoint in place
         batch = make_batch(spec, start, end, seed=10 + step)
         sharded.zero_grad()
@@ -348,6 +350,8 @@ def _checkpoint_worker(rank: int, root: Path) -> None:
             sharded.model, path, files={"plan.json": plan_to_json(sharded.plan)}, manifest={"steps": step + 1}
         )
         assert published == path
+        ids.append(json.loads((path / MANIFEST).read_text())["id"])
+    assert ids[0] != ids[1], "two saves at one path must differ in their manifest"
     trained = _predict(sharded, fixed)
 
     fresh = sharded_model(spec, cfg, seed=1234)
@@ -355,6 +359,7 @@ def _checkpoint_worker(rank: int, root: Path) -> None:
     before = _predict(fresh, fixed)
     assert not any(torch.equal(before[t], trained[t]) for t in trained), "fresh model already equal"
     manifest = load_checkpoint(fresh.model, path).manifest
+    assert manifest.pop("id") == ids[1]
     assert manifest == {"complete": True, "fused_optimizer": False, "steps": 2}  # SGD keeps no state
     loaded = _predict(fresh, fixed)
     for task in trained:  # exact: the same rank, rows, plan and kernels; only the weights were reloaded
