@@ -104,6 +104,14 @@ class GroupLosses:
     losses: dict[str, Tensor]
     counts: Tensor
 
+    def task_losses(self) -> TaskLosses:
+        """Summed over the groups: each task's loss and global in-space count, as task_losses gives."""
+        counts = self.counts.sum(dim=0).tolist()  # [G, T] -> T floats
+        return TaskLosses(
+            losses={task: parts.sum() for task, parts in self.losses.items()},  # [G] -> []
+            counts=dict(zip(self.losses, counts, strict=True)),
+        )
+
 
 def group_task_losses(
     outputs: TaskOutputs, batch: Batch, tasks: Sequence[TaskConfig], groups: Tensor, num_groups: int

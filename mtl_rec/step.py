@@ -112,12 +112,13 @@ class TrainPipeline:
         item = item if isinstance(item, StepBatch) else StepBatch(item, True, item.batch_size)
         batch = item.batch.to(self.device, non_blocking=True)  # a no-op for a batch already there
         outputs = self.model(batch)
-        losses = task_losses(outputs, batch, self.tasks)
         if isinstance(self.weighting, GroupedWeighting):  # one weight vector per row group
             group_ids, num_groups = self._group_ids(batch), self.weighting.num_groups  # [B], G
             groups = group_task_losses(outputs, batch, self.tasks, group_ids, num_groups)
+            losses = groups.task_losses()  # the groups' parts summed: no second BCE pass or all-reduce
             total, weights = self.weighting.combine_groups(groups, self.step)
         else:
+            losses = task_losses(outputs, batch, self.tasks)
             total, weights = self.weighting.combine(losses.losses, self.step)  # identical on every rank
         aux = auxiliary_losses(outputs.aux, self.aux_spaces, batch)  # regularisers, added unweighted
         if aux:

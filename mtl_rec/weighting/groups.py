@@ -87,7 +87,7 @@ class GroupedWeighting(Weighting):
             group_losses = {task: losses.losses[task][group] for task in self.task_names}  # {task: []}
             if present[group]:
                 total, weights = method.combine(group_losses, step)
-                self.weights[group] = torch.tensor([weights[t] for t in self.task_names], dtype=torch.float64)
+                self._set_weights(group, weights)
             else:  # absent everywhere: keep its weights; its zero losses stay in the graph
                 total = self.weighted_total(group_losses, self.weights[group].tolist())
             totals.append(total)
@@ -102,7 +102,7 @@ class GroupedWeighting(Weighting):
         for group, method in enumerate(self.methods):
             weights = method.after_backward()
             if weights is not None:
-                self.weights[group] = torch.tensor([weights[t] for t in self.task_names], dtype=torch.float64)
+                self._set_weights(group, weights)
                 changed = True
         if changed:
             self.last_cosines = self._cosines()
@@ -118,6 +118,9 @@ class GroupedWeighting(Weighting):
         """{group id: {task: weight}} of the last step, for metrics.json."""
         rows = self.weights.tolist()  # [G, K]
         return {str(g): dict(zip(self.task_names, row, strict=True)) for g, row in enumerate(rows)}
+
+    def _set_weights(self, group: int, weights: Mapping[str, float]) -> None:
+        self.weights[group] = torch.tensor([weights[t] for t in self.task_names], dtype=torch.float64)  # [K]
 
     def _cosines(self) -> dict[str, float]:
         """{"<group>:<a>|<b>": cosine of the group's global task gradients} (gradient methods)."""

@@ -14,6 +14,7 @@ from mtl_rec.config.run import RunConfig, read_run_config
 from mtl_rec.config.spaces import space_key
 from mtl_rec.config.weighting import WeightGroupsConfig, WeightingConfig, weight_group_count
 from mtl_rec.losses import GroupLosses, group_task_losses, task_losses
+from mtl_rec.models.model import MultiTaskModel
 from mtl_rec.sharding import shard_model
 from mtl_rec.step import TrainPipeline
 from mtl_rec.weighting import METHODS, GroupedWeighting, build_weighting
@@ -21,6 +22,7 @@ from tests.harness import run_on_ranks
 from tests.mtl_rec.test_sharding import (
     CONFIG,
     ONE_RANK,
+    SPEC,
     TWO_RANKS,
     load_full_state,
     make_batch,
@@ -153,7 +155,7 @@ def test_weight_groups_need_the_specs_domain_column(tmp_path):
     assert weight_group_count(WeightingConfig("dwa"), spec) == 0
     with pytest.raises(ConfigError, match="the feature spec has no domain_column; set it"):
         weight_group_count(grouped, spec)
-    with_domain = from_dict(FeatureSpec, {**spec_dict(), "domain_column": "dev", "num_domains": 4})
+    with_domain = from_dict(FeatureSpec, {**SPEC, "domain_column": "dev", "num_domains": 4})
     with pytest.raises(ConfigError, match=r"must be the feature spec's domain_column \('dev'\)"):
         weight_group_count(grouped, with_domain)
     assert weight_group_count(WeightingConfig("dwa", groups=WeightGroupsConfig("dev")), with_domain) == 4
@@ -162,12 +164,6 @@ def test_weight_groups_need_the_specs_domain_column(tmp_path):
         "jobs/configs/mmoe.yaml", ["weighting={method: dwa, window: 3, groups: {column: domain}}"]
     )
     assert cfg.weighting.params == {"window": 3} and cfg.weighting.groups == WeightGroupsConfig("domain")
-
-
-def spec_dict() -> dict:
-    from tests.mtl_rec.test_sharding import SPEC
-
-    return dict(SPEC)
 
 
 # ------------------------------------------------------------------------------- 2 gloo ranks
@@ -189,10 +185,8 @@ def _group_worker(rank: int, out_dir: Path, slices: tuple) -> None:
         cfg = config(method, params=params)
         weighting = build_weighting(cfg.weighting, cfg.tasks, PRIORS, 2)
         torch.manual_seed(0)
-        sharded = shard_model(
-            reference_model(spec, cfg).__class__(spec, cfg.model, cfg.tasks), cfg, torch.device("cpu"),
-            list(weighting.parameters()),
-        )  # fmt: skip
+        model = MultiTaskModel(spec, cfg.model, cfg.tasks)
+        sharded = shard_model(model, cfg, torch.device("cpu"), list(weighting.parameters()))
         load_full_state(sharded.model, reference_model(spec, cfg).state_dict())
         pipeline = TrainPipeline(sharded.model, sharded.module, sharded, weighting, cfg.tasks)
         per_step = []
