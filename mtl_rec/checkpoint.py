@@ -48,6 +48,9 @@ from mtl_rec.distributed import barrier, is_distributed, rank
 
 MANIFEST = "MANIFEST.json"
 REPLICATED = "replicated.pt"
+# Model state that checkpoints written before it existed lack; such a checkpoint loads with the
+# model's own value kept: TaskHeads.calibration's identity (mtl_rec.calibration)
+OPTIONAL_MODEL_KEYS = ("heads.calibration",)
 
 
 class CheckpointMismatch(RuntimeError):
@@ -155,6 +158,23 @@ def check_plan(path: Path, current_plan_json: str | None) -> list[str]:
     ]
 
 
+def saved_model_state(state: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """The model state dict less the OPTIONAL_MODEL_KEYS that the DCP checkpoint in `model_dir`
+    does not hold (written before they existed); every other key stays, so DCP still refuses a
+    checkpoint that lacks a table or a layer."""
+    saved = dcp.FileSystemReader(str(model_dir)).read_metadata().state_dict_metadata
+    return {
+        key: value
+        for key, value in state.items()
+        if f"model.{key}" in saved or not key.endswith(OPTIONAL_MODEL_KEYS)
+    }
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """model.load_state_dict(state), strict, the keys saved_model_state left out keeping their value."""
+    model.load_state_dict({**model.state_dict(), **state})
+
+
 def load_checkpoint(
     target, path: str | Path, weights_only: bool = False, current_plan_json: str | None = None
 ) -> LoadedCheckpoint:
@@ -178,7 +198,7 @@ def load_checkpoint(
             f"whose sharding type changed: {', '.join(changed)}. Their optimizer state cannot be loaded "
             "into the new layout: keep the sharding types (config sharding.tables) or load weights only."
         )
-    state: dict[str, Any] = {"model": model.state_dict()}
+    state: dict[str, Any] = {"model": saved_model_state(model.state_dict(), path / "model")}
     fused = None if weights_only or not manifest.get("fused_optimizer") else _fused_state(model)
     if fused is not None:
         state["fused_optimizer"] = fused
@@ -187,7 +207,7 @@ def load_checkpoint(
     except Exception as error:  # DCP's own message lists keys, not the cause
         detail = f" (sharding type changed: {', '.join(changed)})" if changed else ""
         raise CheckpointMismatch(f"{path}: cannot be loaded into this model{detail}: {error}") from error
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"])
     if fused is not None:
         model.fused_optimizer.load_state_dict(state["fused_optimizer"])
     replicated: dict[str, Any] = {}

@@ -53,6 +53,7 @@ import yaml
 from torch import Tensor, nn
 from torch.export import Dim
 
+from mtl_rec.checkpoint import load_model_state, saved_model_state
 from mtl_rec.config.features import SPEC_FILE, FeatureSpec, saved_feature_spec
 from mtl_rec.config.loader import ConfigError
 from mtl_rec.config.run import RunConfig
@@ -79,11 +80,11 @@ def gather_model(checkpoint: Path, cfg: RunConfig, spec: FeatureSpec) -> MultiTa
     """An unsharded MultiTaskModel on the CPU holding the checkpoint's weights, every table whole.
     No process group: DCP plans the load for one process and reads each shard into place."""
     model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu")
-    state = {"model": model.state_dict()}
+    state = {"model": saved_model_state(model.state_dict(), checkpoint / "model")}
     with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process": yes
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(checkpoint / "model"), no_dist=True)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"])
     return model.eval()
 
 

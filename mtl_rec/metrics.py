@@ -68,10 +68,24 @@ class EvalTarget:
         return outputs.conditional_prob(self.task) if self.conditional else outputs.prob(self.task)
 
 
-def _parent_positive_space(parent: TaskConfig) -> str:
+def parent_positive_space(parent: TaskConfig) -> str:
     """The rows where the parent's label is 1, within the parent's own space: a canonical space key."""
     positive = f"{parent.label} == 1"
     return space_key(positive if parent.sample_space.is_all else f"{parent.space} and {positive}")
+
+
+def calibration_spaces(tasks: Sequence[TaskConfig]) -> dict[str, tuple[str, str]]:
+    """{task: (label, space key)}: the rows each task's own logit is calibrated on
+    (mtl_rec.calibration): a root task's own space, a chained task's parent's positive rows."""
+    tasks = validate_tasks(tasks)
+    by_name = {task.name: task for task in tasks}
+    return {
+        task.name: (
+            task.label,
+            space_key(task.space) if task.parent is None else parent_positive_space(by_name[task.parent]),
+        )
+        for task in tasks
+    }
 
 
 def eval_targets(tasks: Sequence[TaskConfig], spec: FeatureSpec) -> list[EvalTarget]:
@@ -92,7 +106,7 @@ def eval_targets(tasks: Sequence[TaskConfig], spec: FeatureSpec) -> list[EvalTar
     for task in tasks:
         if task.parent is None or not task.conditional_name:
             continue
-        space = _parent_positive_space(by_name[task.parent])
+        space = parent_positive_space(by_name[task.parent])
         targets.append(
             EvalTarget(
                 name=task.conditional_name,
@@ -117,6 +131,7 @@ def required_spaces(tasks: Sequence[TaskConfig], spec: FeatureSpec) -> dict[str,
     """
     keys = ["all", *(space_key(task.space) for task in tasks)]
     keys += [target.space for target in eval_targets(tasks, spec)]
+    keys += [space for _, space in calibration_spaces(tasks).values()]
     return {key: SampleSpace.parse(key, spec.labels) for key in dict.fromkeys(keys)}
 
 

@@ -37,6 +37,7 @@ class RunProgress:
     audit: bool = False
     history: list[dict] = field(default_factory=list)
     validation: list[dict] = field(default_factory=list)  # one entry per epoch (mtl_rec.early_stopping)
+    calibration: dict | None = None  # {task: Platt fit} once fitted (the model holds it from then on)
     resumed_from: str | None = None
     audited_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rank 0
     _positions: list[np.ndarray] = field(default_factory=list)
@@ -83,6 +84,7 @@ class RunProgress:
             weighting.load_state_dict(loaded.replicated["weighting"])
         self.history = list(loaded.replicated.get("history", []))
         self.validation = list(loaded.replicated.get("validation", []))
+        self.calibration = loaded.replicated.get("calibration")
         self.audited_ids = loaded.replicated.get("audited_ids", self.audited_ids)
         self.resumed_from = f"step {self.position.step}, epoch {self.position.epoch}"
 
@@ -127,6 +129,7 @@ class RunProgress:
             "weighting": weighting.state_dict(),
             "history": self.history,
             "validation": self.validation,
+            "calibration": self.calibration,
         }
         if self.audit:
             replicated["audited_ids"] = self.audited_ids

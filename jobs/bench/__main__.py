@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--serve-repeat", type=int, default=2, help="serve: batch-prediction runs (best kept)"
     )
-    parser.add_argument("--quality-epochs", type=_ints, default=[1], help="Adult: epochs of every library")
+    parser.add_argument(
+        "--quality-epochs", type=_ints, default=[1, 20], help="Adult: fixed epochs of every library"
+    )
     parser.add_argument("--groups-rows", type=int, default=300_000, help="groups: rows of each of its 3 days")
     parser.add_argument(
         "--groups-method", default="uncertainty", help="groups: the weighting method of both runs"

@@ -1,8 +1,13 @@
-"""The quality section on UCI Adult: mtl-rec's presets next to torch-rechub and DeepCTR-Torch.
+"""The quality section on UCI Adult: mtl-rec next to scikit-learn and the peer libraries, same rows.
 
     jobs.datasets.adult.write_adult(CACHE/adult)     the fixed split, feature spec and presets
+    sklearn   hist_gbdt, logreg                      jobs.bench.baselines, per task (epochs 1: a fit)
+    mtl-rec   shared_bottom, mmoe, ple as presets    jobs.train, the presets' recipe: passes until
+                                                     the validation hold-out stops improving, then
+                                                     calibration (epochs: the passes it took)
     for each epochs in --quality-epochs:
-      mtl-rec   shared_bottom, mmoe, ple             jobs.train on the converted logs (2 workers)
+      mtl-rec   shared_bottom, mmoe, ple             exactly that many passes over every training row
+                                                     (no hold-out, no early stopping), like the peers
       peers     the same three models, same sizes    jobs.bench.peers, in their own venv
 Records as jobs.bench.quality.record (dataset "adult", oracle_auc empty: real labels have no oracle).
 """
@@ -12,32 +17,60 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from jobs.bench.baselines import hist_gbdt, load_frames, logreg
 from jobs.bench.common import local_ray
 from jobs.bench.peers import peer_runs
 from jobs.bench.quality_report import record
 from jobs.datasets.adult import write_adult
 from jobs.train import train
+from mtl_rec.config.features import load_feature_spec
+from mtl_rec.config.model import TaskConfig
+from mtl_rec.config.run import SINGLE_PASS
+from mtl_rec.metrics import eval_targets
 from mtl_rec.run_config import load_run_config
 
 MODELS = ("shared_bottom", "mmoe", "ple")
 
 
+def _sklearn_runs(data: Path, summary) -> list[dict]:
+    spec = load_feature_spec(data / "features.yaml")
+    targets = eval_targets([TaskConfig(label, label) for label in spec.labels], spec)
+    frames = load_frames(str(data / "logs"), summary.train_dates, summary.eval_dates, spec)
+    runs = []
+    for model, fit in (("hist_gbdt", hist_gbdt), ("logreg", logreg)):
+        tasks = fit(frames, targets, spec)
+        runs.append(record("adult", "sklearn", model, 1, tasks, tasks["_rows"] / tasks["_seconds"]))
+        print(f"[quality] adult sklearn {model}: {runs[-1]['auc']}", flush=True)
+    return runs
+
+
+def _mtl_rec_run(args, data: Path, summary, model: str, overrides: list[str], name: str) -> tuple[dict, dict]:
+    cfg = load_run_config(summary.presets[model], [*args.quality_set, *overrides])
+    run_dir = Path(args.cache) / "quality-runs" / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    metrics = train(cfg, str(data / "logs"), summary.train_dates, summary.eval_dates, run_dir)
+    return cfg, metrics
+
+
 def adult_runs(args) -> list[dict]:
     data = Path(args.cache) / "adult"
     summary = write_adult(data)
-    runs: list[dict] = []
+    runs = _sklearn_runs(data, summary)
+    with local_ray():
+        for model in MODELS:  # the preset as a user runs it
+            cfg, metrics = _mtl_rec_run(args, data, summary, model, [], f"adult-{model}-preset")
+            passes = len(metrics["train"]["validation"]) or cfg.train.epochs
+            speed = metrics["train"]["samples_per_s"]
+            run = record("adult", "mtl-rec", model, passes, metrics["tasks"], speed)
+            runs.append({**run, "recipe": "preset"})
+            print(f"[quality] adult mtl-rec {model} preset ({passes} passes): {runs[-1]['auc']}", flush=True)
     for epochs in args.quality_epochs:
         with local_ray():
             for model in MODELS:
-                cfg = load_run_config(summary.presets[model], [*args.quality_set, f"train.epochs={epochs}"])
-                run_dir = Path(args.cache) / "quality-runs" / f"adult-{model}-{epochs}"
-                shutil.rmtree(run_dir, ignore_errors=True)
-                metrics = train(cfg, str(data / "logs"), summary.train_dates, summary.eval_dates, run_dir)
-                runs.append(
-                    record(
-                        "adult", "mtl-rec", model, epochs, metrics["tasks"], metrics["train"]["samples_per_s"]
-                    )
-                )
+                fixed = [*SINGLE_PASS, f"train.epochs={epochs}"]
+                _, metrics = _mtl_rec_run(args, data, summary, model, fixed, f"adult-{model}-{epochs}")
+                speed = metrics["train"]["samples_per_s"]
+                runs.append(record("adult", "mtl-rec", model, epochs, metrics["tasks"], speed))
                 print(f"[quality] adult mtl-rec {model} epochs {epochs}: {runs[-1]['auc']}", flush=True)
         for peer in peer_runs(data, epochs, MODELS):
             runs.append({**peer, "ece": peer.get("ece", {})})

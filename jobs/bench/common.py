@@ -178,9 +178,12 @@ def timed_train(
     peak_rss_mb_per_worker, and the AUC of every task.
     """
     from jobs.train import train
+    from mtl_rec.config.run import SINGLE_PASS
     from mtl_rec.run_config import load_run_config
 
-    cfg = load_run_config(args.train_config, [f"data.batch_size={args.train_batch_size}", *overrides])
+    # one pass over the rows: the presets' validation passes and calibration are not what is timed
+    settings = [*SINGLE_PASS, f"data.batch_size={args.train_batch_size}", *overrides]
+    cfg = load_run_config(args.train_config, settings)
     run_dir = Path(args.cache) / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint left there would make the run resume
     metrics = train(

@@ -19,7 +19,7 @@ import os
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import yaml
 from tqdm import tqdm
 
 from jobs.worker.runtime import forward_in_lockstep, lockstep, padding_batch, sharded_from, start_worker
+from mtl_rec.calibration import LogitHistogram
 from mtl_rec.checkpoint import CheckpointMismatch, load_checkpoint, published_checkpoint, save_checkpoint
 from mtl_rec.config.features import SPEC_FILE, FeatureSpec, spec_yaml
 from mtl_rec.config.loader import to_dict
@@ -113,7 +114,8 @@ def train_worker(inputs: WorkerInputs) -> None:
 
     pipeline = TrainPipeline(sharded.model, sharded.module, sharded, weighting, cfg.tasks, device, run.step)
     # Every step's learning rates (dense and fused tables) from one schedule over the planned rows.
-    planned_rows = max(1, (inputs.planned_rows_per_epoch or inputs.train_rows) * cfg.train.epochs)
+    planned_rows_per_epoch = max(1, inputs.planned_rows_per_epoch or inputs.train_rows)
+    planned_rows = planned_rows_per_epoch * cfg.train.epochs
     schedule = LRSchedule(cfg.train.warmup_fraction, cfg.train.lr_schedule, cfg.train.lr_min_ratio)
     learning_rates = ScheduledLR(
         schedule,
@@ -122,13 +124,17 @@ def train_worker(inputs: WorkerInputs) -> None:
     )
 
     def scheduled(steps: Iterator[StepBatch]) -> Iterator[StepBatch]:
-        for (
-            item
-        ) in steps:  # set as progress() pulls the item, before forward: the fused optimizer runs in backward
-            done = (run.position.rows + item.global_rows) / planned_rows  # the planned share done after it
-            learning_rates.apply(
-                max(done, (run.step + 1) / cfg.train.max_steps) if cfg.train.max_steps else done
-            )
+        # the rows trained before this epoch (a resumed epoch's consumed rows are this epoch's)
+        epoch_start = run.position.rows - run.position.consumed_rows
+        # set as progress() pulls the item, before forward: the fused optimizer runs in backward
+        for item in steps:
+            if cfg.train.lr_cycle == "epoch":  # the planned share of this epoch done after it
+                done = (run.position.rows - epoch_start + item.global_rows) / planned_rows_per_epoch
+            else:  # the planned share of the run done after it
+                done = (run.position.rows + item.global_rows) / planned_rows
+            if cfg.train.max_steps:
+                done = max(done, (run.step + 1) / cfg.train.max_steps)
+            learning_rates.apply(done, warmup=run.epoch == 0 or cfg.train.lr_cycle == "run")
             yield item
 
     stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation)
@@ -184,6 +190,8 @@ def train_worker(inputs: WorkerInputs) -> None:
     bar.close()
     if stopping.best is not None and stopping.best["step"] != run.step:  # a later epoch was worse
         load_checkpoint(sharded, run_dir / "best", current_plan_json=plan_json)
+    if cfg.train.calibration == "platt" and run.calibration is None:  # not again after a restart
+        run.calibration = calibrate(sharded, inputs, padding, device)
     checkpoint()  # before evaluation: a failure while evaluating resumes straight to evaluation
     metrics = evaluate(sharded.model, inputs, padding, device)
     summary = _summary(metrics, run, rows_at_start, train_seconds, warm_start, stopping)
@@ -201,6 +209,25 @@ def evaluate(model, inputs: WorkerInputs, padding, device, dataset: str = "eval"
     for batch, outputs in forward_in_lockstep(model, batches, padding, device):
         accumulator.update(outputs, batch)
     return accumulator.compute()
+
+
+def calibrate(sharded, inputs: WorkerInputs, padding, device) -> dict:
+    """Collective: fit every task's Platt calibration on the validation rows and apply it to the
+    model (mtl_rec.calibration). Returns {task: PlattFit as a dict} for metrics.json."""
+    histogram = LogitHistogram(inputs.run.tasks)
+    data = inputs.run.data
+    batches = iter_batches(
+        ray.train.get_dataset_shard("valid"), inputs.layout, data.eval_batch_size, data.prefetch_batches
+    )
+    for batch, outputs in forward_in_lockstep(sharded.model, batches, padding, device):
+        histogram.update(outputs, batch)
+    fits = histogram.fit()  # the same on every rank
+    sharded.module.heads.calibrate({task: (fit.scale, fit.shift) for task, fit in fits.items()})
+    if rank() == 0:
+        print("[rank 0] calibration: " + ", ".join(f"{task} {fit.scale:.3f} x logit {fit.shift:+.3f} "
+              f"(validation pred/obs {fit.pred_over_obs_before:.3f} -> {fit.pred_over_obs_after:.3f})"
+              for task, fit in fits.items() if fit.pred_over_obs_before is not None), flush=True)  # fmt: skip
+    return {task: asdict(fit) for task, fit in fits.items()}
 
 
 def _history_entry(result: StepResult, run: RunProgress, rows_at_start: int, seconds: float) -> dict:
@@ -245,6 +272,7 @@ def _summary(metrics, run: RunProgress, rows_at_start, seconds, warm_start, stop
             "warm_start": warm_start,
             "validation": run.validation,  # per epoch: metrics on the validation rows and their score
             "best_epoch": best and best["epoch"],  # the epoch whose weights were kept
+            "calibration": run.calibration,  # {task: Platt fit on the validation rows}, or None
             "history": run.history,
         },
     }

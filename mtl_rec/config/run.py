@@ -135,6 +135,14 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_fraction: float = 0.05
     lr_min_ratio: float = 0.2
+    # run: one warm-up and one decay over every planned epoch; epoch: the decay restarts every epoch
+    # (warm-up in the first only), so each epoch ends annealed and early stopping keeps an annealed,
+    # calibrated model whichever epoch is best (mtl_rec.schedule)
+    lr_cycle: Literal["run", "epoch"] = "run"
+    # platt: after training (and the best epoch restored), every task's logit is recalibrated as
+    # a * logit + b fitted on the validation rows (mtl_rec.calibration): the ranking stays, the
+    # predicted level matches the observed one; none: the logits as trained
+    calibration: Literal["none", "platt"] = "none"
     # a hash hold-out of the training rows (by request id), scored after every epoch; 0: none
     validation_fraction: float = 0.0
     # stop after this many epochs without a better validation score (mean normalised entropy over
@@ -146,8 +154,22 @@ class TrainConfig:
             raise ConfigError(f"train.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.early_stopping_patience and not self.validation_fraction:
             raise ConfigError("train.early_stopping_patience needs train.validation_fraction > 0")
+        if self.calibration != "none" and not self.validation_fraction:
+            raise ConfigError(f"train.calibration={self.calibration} needs train.validation_fraction > 0")
         if not 0.0 <= self.warmup_fraction < 1.0 or not 0.0 <= self.lr_min_ratio <= 1.0:
             raise ConfigError("train.warmup_fraction must be in [0, 1) and train.lr_min_ratio in [0, 1]")
+
+
+# Overrides for exactly one pass over every training row: no hold-out, no early stopping, no
+# calibration, one decay over the run (the presets train until validation stops improving). For
+# speed benchmarks (one pass is what they time) and tests that count the rows a run trains.
+SINGLE_PASS = (
+    "train.epochs=1",
+    "train.validation_fraction=0",
+    "train.early_stopping_patience=0",
+    "train.calibration=none",
+    "train.lr_cycle=run",
+)
 
 
 @dataclass(frozen=True)

@@ -157,9 +157,25 @@ class TaskHeads(nn.Module):
         )
         parents = {task.name: task.parent for task in tasks}
         self.parent_of = {name: parents[name] for name in task_order(tasks)}  # parents first
+        # [T, 2]: each task's logit -> scale * logit + shift, fitted after training on held-out rows
+        # (mtl_rec.calibration); the identity (1, 0) until then, which leaves every logit exactly as is
+        identity = torch.tensor([[1.0, 0.0]] * len(self.task_names))  # [T, 2]
+        self.register_buffer("calibration", identity)
+
+    def calibrate(self, fits: Mapping[str, tuple[float, float]]) -> None:
+        """Compose each named task's current calibration with logit -> scale * logit + shift."""
+        for task, (scale, shift) in fits.items():
+            row = self.task_names.index(task)
+            old_scale, old_shift = self.calibration[row].tolist()
+            self.calibration[row, 0] = scale * old_scale
+            self.calibration[row, 1] = scale * old_shift + shift
 
     def forward(self, features: Mapping[str, Tensor]) -> TaskOutputs:
-        logits = {task: self.towers[task](features[task]) for task in self.task_names}  # {task: [B]}
+        scale, shift = self.calibration.unbind(1)  # [T, 2] -> [T], [T]
+        logits = {  # {task: [B]}: tower logit [B] * [] + []
+            task: self.towers[task](features[task]) * scale[t] + shift[t]
+            for t, task in enumerate(self.task_names)
+        }
         log_p, log_1mp = entire_space(logits, self.parent_of)  # {task: [B]} each
         return TaskOutputs(
             logit=logits,

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from jobs.compare_weighting import default_dates, main
+from mtl_rec.config.run import SINGLE_PASS
 from mtl_rec.run_config import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
@@ -23,6 +24,7 @@ def test_compare_weighting_writes_a_table_per_method(generated_logs, tmp_path, r
             "data.batch_size=2048",
             "--set",
             "train.log_every=2",
+            *(arg for setting in SINGLE_PASS for arg in ("--set", setting)),  # one pass per method
         ]
     )
     summary = json.loads((out / "compare_weighting.json").read_text())

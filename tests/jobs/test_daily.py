@@ -16,6 +16,7 @@ import pytest
 
 from jobs.daily import daily, read_promoted
 from jobs.report.gate import describe_failure
+from mtl_rec.config.run import SINGLE_PASS
 from mtl_rec.export import resolve_model
 from mtl_rec.run_config import load_run_config
 from mtl_rec.serve import Predictor
@@ -23,7 +24,8 @@ from mtl_rec.serve import Predictor
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 SPEC = ("tables.user_id.num_embeddings=20000", "tables.item_id.num_embeddings=8000")
-SETTINGS = ("data.batch_size=1024", "train.workers=2", "model.params.expert.hidden=[32]")
+# one pass, no validation hold-out: the gate and promotion are under test, and each day stays one pass
+SETTINGS = (*SINGLE_PASS, "data.batch_size=1024", "train.workers=2", "model.params.expert.hidden=[32]")
 
 
 @pytest.fixture(scope="module")

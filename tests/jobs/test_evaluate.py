@@ -13,6 +13,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from jobs.evaluate import evaluate, main
 from jobs.report.gate import describe_failure
 from jobs.train import train
+from mtl_rec.config.run import SINGLE_PASS
 from mtl_rec.run_config import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
@@ -21,7 +22,7 @@ DATES = "2026-11-18..2026-11-19"
 _CACHE: dict = {}  # module-level: test_report_html imports the fixture; training happens once per session
 
 
-SETTINGS = ("data.batch_size=1024", "train.log_every=3", "model.params.expert.hidden=[64]")
+SETTINGS = (*SINGLE_PASS, "data.batch_size=1024", "train.log_every=3", "model.params.expert.hidden=[64]")
 # the run: per-group task weights (uncertainty, one vector per value of the spec's domain column)
 RUN_SETTINGS = (*SETTINGS, "train.max_steps=15", "weighting={method: uncertainty, groups: {column: domain}}")
 TRAINED_WITH = ("tables.user_id.num_embeddings=50000",)  # saved with each run; jobs.evaluate reads it there

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from jobs.train import train
+from mtl_rec.config.run import SINGLE_PASS
 from mtl_rec.run_config import load_run_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 TRAIN_DAY, EVAL_DAY = "2026-11-18", "2026-11-19"
 SPEC = ("tables.user_id.num_embeddings=20000", "tables.item_id.num_embeddings=8000")
 SETTINGS = (
+    *SINGLE_PASS,  # the exactly-once audit counts one pass over every row
     "data.batch_size=64",
     "train.workers=2",
     "train.checkpoint_every=40",

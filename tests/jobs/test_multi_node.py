@@ -21,11 +21,13 @@ import numpy as np
 import pytest
 from ray.cluster_utils import Cluster
 
+from mtl_rec.config.run import SINGLE_PASS
 from tests.jobs.test_fault_tolerance import EVAL_DAY, SPEC, TRAIN_DAY, _audited_ids, _request_ids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 WORKER_NODE = {"num_cpus": 2}
 SETTINGS = (
+    *SINGLE_PASS,  # the exactly-once audit counts one pass over every row
     "data.batch_size=64",
     "train.workers=2",
     "train.cpus_per_worker=1.5",  # > 1: the head (1 CPU) cannot hold a worker, a node holds one

@@ -46,16 +46,21 @@ def test_goal_rows_compare_each_preset_with_the_baselines_on_the_same_dataset():
         _run("mtl-rec", "ple", {"ctr": 0.7710, "cvr": 0.79}),  # within 0.03 of the 0.80 oracle on ctr
         _run("mtl-rec", "mmoe", {"a": 0.90}, dataset="adult", speed=5000.0),
         _run("torch-rechub", "mmoe", {"a": 0.89}, dataset="adult", speed=2000.0),
+        _run("sklearn", "logreg", {"a": 0.905}, dataset="adult"),  # no peer: not in the peer margin
+        {**_run("mtl-rec", "mmoe", {"a": 0.91}, dataset="adult", epochs=17), "recipe": "preset"},
     ]
     rows = {row.measure: row for row in quality_goal_rows(runs)}
     assert rows["100k mmoe vs hist_gbdt"].met is False and rows["100k ple vs hist_gbdt"].met is True
     assert rows["100k mmoe vs single-task"].met is True and rows["100k ple vs single-task"].met is False
     assert rows["100k mmoe oracle gap (ctr)"].met is False and rows["100k ple oracle gap (ctr)"].met is True
     assert rows["100k mmoe pred/obs"].met is False and rows["100k ple pred/obs"].met is True
-    assert rows["adult mmoe vs best peer"].met is True
+    assert rows["adult mmoe 1 ep vs best peer"].met is True
+    assert rows["adult mmoe 1 ep vs best peer"].value == "+0.0100 AUC (worst task)"
     assert (
-        rows["adult mmoe speed vs torch-rechub"].value == "2.50x"
-        and rows["adult mmoe speed vs torch-rechub"].met
+        rows["adult mmoe 1 ep speed vs torch-rechub"].value == "2.50x"
+        and rows["adult mmoe 1 ep speed vs torch-rechub"].met
     )
+    assert rows["adult mmoe preset vs logreg"].value == "+0.0050 AUC (worst task)"
+    assert not any("17 ep" in measure for measure in rows)  # the preset's run is no fixed-epoch one
     table = quality_table(runs)
     assert "| generated-100k | oracle |" in table and "0.7199 (1.06)" in table

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from mtl_rec.config.run import SINGLE_PASS
+
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +101,7 @@ def test_daily_submitted_as_a_ray_job(ray_head, generated_logs, tmp_path):
         "--root", str(root), "--holdout", "0.2",
         "--set", "data.batch_size=1024", "--set", "train.workers=2",
         "--set", "model.params.expert.hidden=[32]",
+        *(arg for setting in SINGLE_PASS for arg in ("--set", setting)),  # one pass: the job is under test
         "--spec-set", "tables.user_id.num_embeddings=20000",
     ]  # fmt: skip
     for _ in range(60):  # the job server answers before the head's dashboard agent can take a job

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from jobs.train import train
+from mtl_rec.config.run import SINGLE_PASS
 from mtl_rec.run_config import load_run_config
 from pipelines.split import VALIDATION_SALT, HoldoutSplit
 
@@ -22,7 +23,9 @@ SPEC = (
     "tables.shop.num_embeddings=4000",
     "tables.brand.num_embeddings=4000",
 )
-SETTINGS = ("data.batch_size=512", "model.params.expert.hidden=[128, 64]")
+# one pass over every row: these tests count the rows a run trains (the presets train until
+# validation stops improving; test_validation_early_stopping_... runs that recipe)
+SETTINGS = (*SINGLE_PASS, "data.batch_size=512", "model.params.expert.hidden=[128, 64]")
 
 
 def _small_world(root, **knobs):
@@ -112,7 +115,7 @@ def selection_biased_logs(tmp_path_factory):
 
 def test_esmm_cvr_beats_a_click_space_only_cvr_model(selection_biased_logs, tmp_path, ray_local):
     # One worker and preserved block order: both runs are reproducible, so the comparison is too.
-    settings = ("data.batch_size=512", "data.deterministic=true", "train.workers=1")
+    settings = (*SINGLE_PASS, "data.batch_size=512", "data.deterministic=true", "train.workers=1")
     results = {}
     for preset in ("esmm", "cvr_click_space"):
         cfg = load_run_config(f"jobs/configs/{preset}.yaml", settings)
@@ -137,6 +140,7 @@ def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
     # 15 steps (30k rows, 2 x 1024): under the default cosine decay the run's mean rate is half, and
     # every task ends at ~0.54 AUC; a constant rate is what this test of the weighting methods had
     settings = (
+        *SINGLE_PASS,
         "data.batch_size=1024",
         "train.log_every=3",
         f"weighting={weighting}",
@@ -158,8 +162,10 @@ def test_dynamic_weighting_trains_under_ray_and_logs_its_weights(
 
 def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_logs, tmp_path, ray_local):
     """3 epochs, a 20% validation hold-out scored after each, patience 1, shuffled reads, a warm-up
-    and cosine schedule: each epoch trains exactly the rows outside the hold-out, the hold-out rows
-    are scored (never trained), and the kept weights are the best epoch's."""
+    and cosine schedule restarted every epoch, Platt calibration on the hold-out (the presets'
+    recipe): each epoch trains exactly the rows outside the hold-out, the hold-out rows are scored
+    (never trained), the kept weights are the best epoch's, and each task is calibrated on the
+    hold-out rows of its calibration space."""
     settings = (
         "data.batch_size=1024",
         "data.shuffle_buffer_rows=8192",
@@ -190,3 +196,14 @@ def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_
     assert scores[best - 1] == min(scores)
     assert epochs_run == 3 or scores[-1] >= scores[best - 1]  # stopped early only after a worse epoch
     assert (out / "best" / "MANIFEST.json").exists()
+    # calibration: fitted on every hold-out row of each task's space, after the best epoch was restored
+    held_day = pq.read_table(list((generated_logs / "dt=2026-11-18").glob("*.parquet")), columns=["click"])
+    held_clicks = int(held_day["click"].to_numpy()[held].sum())
+    fits = metrics["train"]["calibration"]
+    assert cfg.train.calibration == "platt" and set(fits) == {"ctr", "cvr", "cart"}
+    assert fits["ctr"]["rows"] == int(held.sum()) and fits["ctr"]["positives"] == held_clicks
+    assert fits["cvr"]["rows"] == fits["cart"]["rows"] == held_clicks  # post-click: the clicked rows
+    for task, fit in fits.items():
+        assert fit["scale"] > 0, task  # the ranking is kept
+        # at the fit's optimum the mean calibrated prediction over the hold-out equals its rate
+        assert fit["pred_over_obs_after"] == pytest.approx(1.0, abs=1e-6), task

@@ -110,5 +110,5 @@ def test_config_differences_name_each_changed_setting_except_how_the_run_execute
     assert config_differences(saved, other) == [
         "data.batch_size 1024 -> 64",
         f"optim.dense.lr {saved['optim']['dense']['lr']} -> 0.01",
-        "train.epochs 1 -> 3",
+        "train.epochs 50 -> 3",  # the preset's most passes
     ]
