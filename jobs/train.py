@@ -45,7 +45,7 @@ from mtl_rec.config.stats import FeatureStats
 from mtl_rec.config.weighting import weight_group_count
 from mtl_rec.data_position import POSITION_FILE
 from mtl_rec.metrics import required_spaces
-from mtl_rec.run_config import load_run_config
+from mtl_rec.run_config import load_run_config, run_config_from_dict
 from pipelines.dataset import build_dataset, compute_stats, layout_for
 from pipelines.errors import BadInputError
 from pipelines.ids import shared_ids
@@ -140,7 +140,9 @@ def train(
     spec = run_spec(load_feature_spec(cfg.features, spec_overrides), resumed, init_from)
     weight_group_count(cfg.weighting, spec)  # weighting.groups needs the spec's domain column
     if resumed is not None and (resumed / "config.yaml").is_file():
-        changed = config_differences(yaml.safe_load((resumed / "config.yaml").read_text()), to_dict(cfg))
+        # read as a RunConfig: settings added since it was saved take their defaults, as in that run
+        saved = run_config_from_dict(yaml.safe_load((resumed / "config.yaml").read_text()))
+        changed = config_differences(to_dict(saved), to_dict(cfg))
         if changed:  # a resume continues the run it finds: another recipe would be a different run
             raise ConfigError(
                 f"{out}: resume refused: this --out holds a run trained with other settings "

@@ -64,20 +64,38 @@ class PlattFit:
 def fit_platt(centers: np.ndarray, rows: np.ndarray, positives: np.ndarray) -> tuple[float, float]:
     """Weighted logistic regression of the label on [logit, 1] from binned counts: [N] x 3 -> (a, b).
 
-    Newton's method in float64 from (1, 0), the identity; a space with one class only (or no rows)
-    keeps the identity, since its optimum lies at infinity.
+    Newton's method in float64 from (1, 0), the identity, each step halved until the negative
+    log-likelihood does not rise (a plain Newton step overshoots and diverges when the logits are
+    far off, e.g. a task predicted at a quarter of its rate). The objective is convex, so this
+    converges; a space with one class only (or no rows) keeps the identity, its optimum being at
+    infinity.
     """
     total, pos = float(rows.sum()), float(positives.sum())
     if total == 0 or pos == 0 or pos == total:
         return 1.0, 0.0
     x = np.stack([centers, np.ones_like(centers)], axis=1)  # [N, 2]
-    theta = np.array([1.0, 0.0])  # [2]
+    identity = np.array([1.0, 0.0])
+
+    def loss(theta: np.ndarray) -> float:  # ridge-regularised negative log-likelihood of the bins
+        z = x @ theta  # [N, 2] x [2] -> [N]
+        nll = rows * np.logaddexp(0.0, z) - positives * z  # [N]: -(y log p + (n - y) log (1 - p))
+        return float(nll.sum() + 0.5 * RIDGE * ((theta - identity) ** 2).sum())
+
+    theta, current = identity.copy(), loss(identity)
     for _ in range(NEWTON_STEPS):
-        p = 1.0 / (1.0 + np.exp(-(x @ theta)))  # [N, 2] x [2] -> [N]
-        gradient = x.T @ (rows * p - positives) + RIDGE * (theta - [1.0, 0.0])  # [2]
+        p = 0.5 * (1.0 + np.tanh(0.5 * (x @ theta)))  # [N]: sigmoid without overflow
+        gradient = x.T @ (rows * p - positives) + RIDGE * (theta - identity)  # [2]
         hessian = (x * (rows * p * (1.0 - p))[:, None]).T @ x + RIDGE * np.eye(2)  # [2, N] x [N, 2] -> [2, 2]
         step = np.linalg.solve(hessian, gradient)  # [2]
-        theta = theta - step
+        for _ in range(60):  # halve until the loss does not rise
+            candidate = theta - step
+            value = loss(candidate)
+            if value <= current:
+                break
+            step = step / 2
+        else:
+            break  # no step lowers the loss: theta is the optimum to float64 precision
+        theta, current = candidate, value
         if np.abs(step).max() < 1e-10:
             break
     return float(theta[0]), float(theta[1])

@@ -2,8 +2,12 @@
 
 The score of an epoch is the mean normalised entropy (NE: logloss over the entropy of the base
 rate, He et al. 2014) over the scored targets of the validation rows: lower is better, and unlike a
-plain logloss sum it weighs a rare post-click task like a frequent one. Every rank computes it from
-the same all-gathered metrics (mtl_rec.metrics), so every rank makes the same decision.
+plain logloss sum it weighs a rare post-click task like a frequent one; or minus the mean AUC
+(metric "auc"), which ranks epochs by their ranking alone: with post-hoc calibration
+(mtl_rec.calibration) a model's level and scale are refitted anyway, and NE, which punishes the
+growing confidence of later epochs, stops while the ranking still improves (UCI Adult: NE bottoms
+out after ~18 passes, the income AUC keeps rising to ~100). Every rank computes it from the same
+all-gathered metrics (mtl_rec.metrics), so every rank makes the same decision.
 
 The state is the run's list of validation entries (RunProgress.validation), which the checkpoint
 carries: a resumed run knows its best epoch and how long it has waited.
@@ -23,8 +27,12 @@ from dataclasses import dataclass, field
 from mtl_rec.evaluation import normalized_entropy
 
 
-def validation_score(metrics: dict[str, dict]) -> float | None:
-    """Mean NE over the targets that have one (both classes present); None if none has."""
+def validation_score(metrics: dict[str, dict], metric: str = "ne") -> float | None:
+    """Lower is better. "ne": mean NE over the targets that have one (both classes present);
+    "auc": minus the mean AUC over the targets that have one. None if none has."""
+    if metric == "auc":
+        aucs = [m["auc"] for m in metrics.values() if m.get("auc") is not None]
+        return -float(sum(aucs) / len(aucs)) if aucs else None
     values = [
         normalized_entropy(m.get("logloss"), m.get("rows", 0), m.get("positives", 0))
         for m in metrics.values()
@@ -36,10 +44,12 @@ def validation_score(metrics: dict[str, dict]) -> float | None:
 @dataclass
 class EarlyStopping:
     """patience: epochs without a better score before stopping (0: never stop early).
-    history: the run's validation entries (one per epoch); update() appends to it."""
+    history: the run's validation entries (one per epoch); update() appends to it.
+    metric:  what validation_score ranks epochs by ("ne" or "auc")."""
 
     patience: int
     history: list[dict] = field(default_factory=list)
+    metric: str = "ne"
 
     def _entries(self) -> list[dict]:
         return self.history
@@ -52,7 +62,7 @@ class EarlyStopping:
 
     def update(self, epoch: int, step: int, metrics: dict[str, dict]) -> bool:
         """Record epoch `epoch`'s validation metrics; True when it is the best so far."""
-        score = validation_score(metrics)
+        score = validation_score(metrics, self.metric)
         before = self.best
         entry = {"epoch": epoch, "step": step, "validation": metrics, "validation_score": score}
         self.history.append(entry)

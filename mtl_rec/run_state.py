@@ -106,6 +106,8 @@ class RunProgress:
         """Call on every rank after an epoch's last step and its checkpoint: the next epoch reads all rows."""
         self.position.epoch += 1
         self.position.consumed = np.zeros((0, 2), dtype=np.int64)
+        # the finished epoch's rows since the last checkpoint are not the next epoch's consumed rows
+        self._positions = []
 
     def _gather_consumed(self) -> None:
         local = to_intervals(np.concatenate(self._positions) if self._positions else np.zeros(0, np.int64))

@@ -20,7 +20,7 @@ from pathlib import Path
 from jobs.bench.baselines import hist_gbdt, load_frames, logreg
 from jobs.bench.common import local_ray
 from jobs.bench.peers import peer_runs
-from jobs.bench.quality_report import record
+from jobs.bench.quality_report import passes, record
 from jobs.datasets.adult import write_adult
 from jobs.train import train
 from mtl_rec.config.features import load_feature_spec
@@ -59,11 +59,14 @@ def adult_runs(args) -> list[dict]:
     with local_ray():
         for model in MODELS:  # the preset as a user runs it
             cfg, metrics = _mtl_rec_run(args, data, summary, model, [], f"adult-{model}-preset")
-            passes = len(metrics["train"]["validation"]) or cfg.train.epochs
+            passes_made = passes(cfg, metrics)
             speed = metrics["train"]["samples_per_s"]
-            run = record("adult", "mtl-rec", model, passes, metrics["tasks"], speed)
+            run = record("adult", "mtl-rec", model, passes_made, metrics["tasks"], speed)
             runs.append({**run, "recipe": "preset"})
-            print(f"[quality] adult mtl-rec {model} preset ({passes} passes): {runs[-1]['auc']}", flush=True)
+            print(
+                f"[quality] adult mtl-rec {model} preset ({passes_made} passes): {runs[-1]['auc']}",
+                flush=True,
+            )
     for epochs in args.quality_epochs:
         with local_ray():
             for model in MODELS:

@@ -27,7 +27,7 @@ import yaml
 from jobs.bench.adult import adult_runs
 from jobs.bench.baselines import hist_gbdt, load_frames, logreg
 from jobs.bench.common import day, ensure_logs, local_ray
-from jobs.bench.quality_report import quality_table, record
+from jobs.bench.quality_report import passes, quality_table, record
 from jobs.train import train
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.loader import to_dict
@@ -66,7 +66,8 @@ def _preset_runs(args, dataset: str, logs: Path) -> list[dict]:
     for preset in args.quality_presets:
         cfg = load_run_config(f"jobs/configs/{preset}.yaml", args.quality_set)
         metrics = _train_run(args, cfg, logs, f"{dataset}-{preset}")
-        runs.append(record(dataset, "mtl-rec", preset, cfg.train.epochs, metrics["tasks"], _speed(metrics)))
+        run = record(dataset, "mtl-rec", preset, passes(cfg, metrics), metrics["tasks"], _speed(metrics))
+        runs.append({**run, "recipe": "preset"})
         _print_run(runs[-1])
     return runs
 
@@ -75,7 +76,7 @@ def _single_task_runs(args, dataset: str, logs: Path) -> dict:
     """One Shared-Bottom model per task (the shared_bottom preset with only that task)."""
     base = load_run_config("jobs/configs/shared_bottom.yaml", args.quality_set)
     tower = to_dict(base.tasks[0])["tower"]
-    tasks, speeds = {}, []
+    tasks, speeds, made = {}, [], []
     for task in SINGLE_TASKS:
         flow = yaml.safe_dump([{**task, "tower": tower}], default_flow_style=True, width=1 << 20).strip()
         overrides = [*args.quality_set, f"tasks={flow}"]
@@ -83,8 +84,10 @@ def _single_task_runs(args, dataset: str, logs: Path) -> dict:
         metrics = _train_run(args, cfg, logs, f"{dataset}-single-{task['name']}")
         tasks[task["name"]] = metrics["tasks"][task["name"]]
         speeds.append(_speed(metrics))
+        made.append(passes(cfg, metrics))
     mean_speed = sum(speeds) / len(speeds) if all(speeds) else None
-    run = record(dataset, "mtl-rec", "single_task_dnn", base.train.epochs, tasks, mean_speed)
+    run = record(dataset, "mtl-rec", "single_task_dnn", max(made), tasks, mean_speed)  # the most passes
+    run["recipe"] = "preset"
     _print_run(run)
     return run
 

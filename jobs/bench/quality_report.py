@@ -39,6 +39,16 @@ def record(dataset: str, library: str, model: str, epochs: int, tasks: dict, sam
     }
 
 
+def passes(cfg, metrics: dict) -> int:
+    """The passes a jobs.train run made: its validated epochs under early stopping, else its epochs."""
+    return len(metrics["train"]["validation"] or []) or cfg.train.epochs
+
+
+def _epochs(run: dict) -> str:
+    """The epochs cell: a preset run's passes are its early stopping's choice, marked with "es"."""
+    return f"{run['epochs']} es" if run.get("recipe") == "preset" else str(run["epochs"])
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -68,7 +78,7 @@ def quality_table(runs: list[dict]) -> str:
             )
         speed = f"{run['samples_per_s']:,.0f}" if run.get("samples_per_s") else "n/a"
         lines.append(
-            f"| {run['dataset']} | {run['library']} | {run['model']} | {run['epochs']} | "
+            f"| {run['dataset']} | {run['library']} | {run['model']} | {_epochs(run)} | "
             + " | ".join(cells)
             + f" | {speed} |"
         )

@@ -137,7 +137,7 @@ def train_worker(inputs: WorkerInputs) -> None:
             learning_rates.apply(done, warmup=run.epoch == 0 or cfg.train.lr_cycle == "run")
             yield item
 
-    stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation)
+    stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation, cfg.train.validation_metric)
     stop = lambda: cfg.train.max_steps and run.step >= cfg.train.max_steps  # noqa: E731
     every = cfg.train.checkpoint_every
     bar = tqdm(  # mininterval: through Ray's log relay every refresh is a line of its own
@@ -188,7 +188,9 @@ def train_worker(inputs: WorkerInputs) -> None:
     run.position.epoch = max(run.epoch, cfg.train.epochs)  # max_steps ends training early: done
     train_seconds = time.perf_counter() - start
     bar.close()
-    if stopping.best is not None and stopping.best["step"] != run.step:  # a later epoch was worse
+    # a later epoch was worse: back to the best one, unless a resumed run's checkpoint holds it
+    # already, calibrated (RUN_DIR/best predates the calibration)
+    if stopping.best is not None and stopping.best["step"] != run.step and run.calibration is None:
         load_checkpoint(sharded, run_dir / "best", current_plan_json=plan_json)
     if cfg.train.calibration == "platt" and run.calibration is None:  # not again after a restart
         run.calibration = calibrate(sharded, inputs, padding, device)
@@ -296,7 +298,8 @@ def _publish_plan(plan, run_dir: Path) -> str:
 def _print_validation(stopping: EarlyStopping, epoch: int) -> None:
     if rank() == 0:
         score, best = stopping.history[-1]["validation_score"], (stopping.best or {}).get("epoch")
-        print(f"[rank 0] epoch {epoch}: validation NE {score} (best epoch {best})", flush=True)
+        shown = f"AUC {-score:.5f}" if stopping.metric == "auc" and score is not None else f"NE {score}"
+        print(f"[rank 0] epoch {epoch}: validation {shown} (best epoch {best})", flush=True)
 
 
 def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> dict | None:

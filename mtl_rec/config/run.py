@@ -148,6 +148,9 @@ class TrainConfig:
     # stop after this many epochs without a better validation score (mean normalised entropy over
     # the tasks) and keep the best epoch's weights; 0: train every epoch, keep the last
     early_stopping_patience: int = 0
+    # what ranks the epochs: ne (mean normalised entropy) or auc (mean AUC: the ranking alone, for
+    # runs calibrated afterwards; mtl_rec.early_stopping)
+    validation_metric: Literal["ne", "auc"] = "ne"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:

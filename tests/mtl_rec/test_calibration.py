@@ -73,6 +73,25 @@ def test_platt_fit_equals_a_logistic_regression_on_the_raw_rows():
     assert abs(fits["ctr"].pred_over_obs_before - 1.0) > 0.05  # the world was miscalibrated
 
 
+@pytest.mark.parametrize(
+    ("mean", "std", "truth"),
+    [(-3.0, 1.0, (1.0, 2.0)), (-4.0, 0.5, (1.0, 2.5)), (-5.0, 0.2, (0.8, 2.0)), (2.0, 1.0, (1.5, -4.0))],
+)
+def test_platt_fit_converges_where_the_logits_are_far_off(mean, std, truth):
+    """Tasks predicted at a tenth of their rate (or 20x it): a plain Newton step from the identity
+    overshoots and diverges there (scale 1e11, or a negative scale that reverses the ranking)."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(mean, std, 50_000)
+    labels = rng.random(50_000) < 1 / (1 + np.exp(-(truth[0] * logits + truth[1])))
+    edges = np.linspace(-LOGIT_BOUND, LOGIT_BOUND, BINS + 1)
+    bins = np.clip(np.digitize(logits, edges) - 1, 0, BINS - 1)
+    rows, positives = np.bincount(bins, minlength=BINS), np.bincount(bins, weights=labels, minlength=BINS)
+    scale, shift = fit_platt((edges[:-1] + edges[1:]) / 2, rows.astype(float), positives)
+    reference = LogisticRegression(C=1e12, tol=1e-12, max_iter=1000).fit(logits[:, None], labels)
+    assert scale == pytest.approx(float(reference.coef_[0, 0]), abs=0.02)
+    assert shift == pytest.approx(float(reference.intercept_[0]), abs=0.05)
+
+
 def test_one_class_or_no_rows_keeps_the_identity():
     centers = np.linspace(-LOGIT_BOUND, LOGIT_BOUND, BINS)
     rows = np.zeros(BINS)

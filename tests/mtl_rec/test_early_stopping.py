@@ -39,3 +39,21 @@ def test_patience_zero_never_stops():
     stopping.update(1, 1, _metrics(0.2, 0.2))
     stopping.update(2, 2, _metrics(0.5, 0.5))
     assert not stopping.should_stop and stopping.best["epoch"] == 1
+
+
+def test_auc_metric_ranks_epochs_by_mean_auc_alone():
+    def metrics(ctr_auc, cvr_auc, ctr_logloss):
+        return {
+            "ctr": {"auc": ctr_auc, "logloss": ctr_logloss, "rows": 1000, "positives": 100},
+            "cvr": {"auc": cvr_auc, "logloss": 0.3, "rows": 100, "positives": 10},
+            "empty": {"auc": None, "logloss": None, "rows": 0, "positives": 0},  # not averaged in
+        }
+
+    assert validation_score(metrics(0.7, 0.8, 0.3), "auc") == pytest.approx(-0.75)
+    stopping = EarlyStopping(patience=1, metric="auc")
+    assert stopping.update(1, 10, metrics(0.70, 0.80, 0.30)) is True
+    # a better ranking with a worse logloss (a more confident model): better by AUC, worse by NE
+    assert stopping.update(2, 20, metrics(0.72, 0.80, 0.35)) is True
+    assert validation_score(metrics(0.72, 0.80, 0.35)) > validation_score(metrics(0.70, 0.80, 0.30))
+    assert stopping.update(3, 30, metrics(0.71, 0.80, 0.25)) is False and stopping.should_stop
+    assert stopping.best["epoch"] == 2
