@@ -10,6 +10,7 @@ import yaml
 import jobs.compare_models
 from jobs.compare_models import arch_config, main, parameter_counts, to_markdown
 from mtl_rec.config import ConfigError
+from mtl_rec.config.run import SINGLE_PASS
 from tests.pipelines.tables import TINY_SPEC
 
 BASE = "jobs/configs/mmoe.yaml"
@@ -119,7 +120,8 @@ def test_compare_models_writes_the_runs_metrics(generated_logs, tmp_path, ray_lo
     out = tmp_path / "compare"
     archs = ["shared_bottom", "star"]
     argv = ["--logs", str(generated_logs), "--out", str(out), "--archs", ",".join(archs)]
-    summary = main([*argv, "--max-steps", "3", "--batch-size", "1024", *SMALL_TABLES])
+    one_pass = [arg for setting in SINGLE_PASS for arg in ("--set", setting)]  # no hold-out to score
+    summary = main([*argv, "--max-steps", "3", "--batch-size", "1024", *one_pass, *SMALL_TABLES])
     assert json.loads((out / "compare.json").read_text()) == summary
     assert list(summary["archs"]) == archs
     table = (out / "compare.md").read_text().splitlines()
@@ -139,7 +141,7 @@ def test_compare_models_writes_the_runs_metrics(generated_logs, tmp_path, ray_lo
             assert cells[1 + 2 * i] == f"{m['auc']:.4f}"
             assert cells[2 + 2 * i] == f"{m['oracle_auc'] - m['auc']:+.4f}"
             assert f"| {m['oracle_auc']:.4f} |" in oracle
-        cfg, _ = arch_config(arch, BASE, ["train.max_steps=3", "data.batch_size=1024"])
+        cfg, _ = arch_config(arch, BASE, [*SINGLE_PASS, "train.max_steps=3", "data.batch_size=1024"])
         counts = parameter_counts(cfg, tuple(SMALL_TABLES[1::2]))
         assert result["parameters"] == counts
         assert cells[-3:] == [
