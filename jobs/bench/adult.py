@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from jobs.bench.baselines import hist_gbdt, load_frames, logreg
+from jobs.bench.baselines import load_frames, sklearn_runs
 from jobs.bench.common import local_ray
 from jobs.bench.peers import peer_runs
 from jobs.bench.quality_report import passes, record
@@ -36,11 +36,9 @@ def _sklearn_runs(data: Path, summary) -> list[dict]:
     spec = load_feature_spec(data / "features.yaml")
     targets = eval_targets([TaskConfig(label, label) for label in spec.labels], spec)
     frames = load_frames(str(data / "logs"), summary.train_dates, summary.eval_dates, spec)
-    runs = []
-    for model, fit in (("hist_gbdt", hist_gbdt), ("logreg", logreg)):
-        tasks = fit(frames, targets, spec)
-        runs.append(record("adult", "sklearn", model, 1, tasks, tasks["_rows"] / tasks["_seconds"]))
-        print(f"[quality] adult sklearn {model}: {runs[-1]['auc']}", flush=True)
+    runs = sklearn_runs("adult", frames, targets, spec)
+    for run in runs:
+        print(f"[quality] adult sklearn {run['model']}: {run['auc']}", flush=True)
     return runs
 
 

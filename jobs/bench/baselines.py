@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse as sp
 
+from jobs.bench.quality_report import record
 from mtl_rec.config import FeatureSpec, SampleSpace
 from mtl_rec.evaluation import exact_auc
 from mtl_rec.metrics import EvalTarget, calibration_summary
@@ -183,3 +184,14 @@ def _fit_each(frames: Frames, targets, x_train, x_eval, fit) -> dict:
     results["_seconds"] = time.perf_counter() - start
     results["_rows"] = trained_rows
     return results
+
+
+def sklearn_runs(
+    dataset: str, frames: Frames, targets: Sequence[EvalTarget], spec: FeatureSpec
+) -> list[dict]:
+    """hist_gbdt and logreg on `frames`, one jobs.bench.quality record each (library "sklearn")."""
+    runs = []
+    for model, fit in (("hist_gbdt", hist_gbdt), ("logreg", logreg)):
+        tasks = fit(frames, targets, spec)
+        runs.append(record(dataset, "sklearn", model, 1, tasks, tasks["_rows"] / tasks["_seconds"]))
+    return runs

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from jobs.bench.adult import adult_runs
-from jobs.bench.baselines import hist_gbdt, load_frames, logreg
+from jobs.bench.baselines import load_frames, sklearn_runs
 from jobs.bench.common import day, ensure_logs, local_ray
 from jobs.bench.quality_report import passes, quality_table, record
 from jobs.train import train
@@ -100,12 +100,9 @@ def _sklearn_runs(dataset: str, logs: Path, spec) -> list[dict]:
     # every single task as a target: canonical space keys and oracle columns, as the presets get them
     targets = eval_targets([TaskConfig(t["name"], t["label"], t["space"]) for t in SINGLE_TASKS], spec)
     train_dates, eval_dates = _dates()
-    frames = load_frames(str(logs), train_dates, eval_dates, spec)
-    runs = []
-    for model, fit in (("hist_gbdt", hist_gbdt), ("logreg", logreg)):
-        tasks = fit(frames, targets, spec)
-        runs.append(record(dataset, "sklearn", model, 1, tasks, tasks["_rows"] / tasks["_seconds"]))
-        _print_run(runs[-1])
+    runs = sklearn_runs(dataset, load_frames(str(logs), train_dates, eval_dates, spec), targets, spec)
+    for run in runs:
+        _print_run(run)
     return runs
 
 

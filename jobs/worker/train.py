@@ -204,24 +204,25 @@ def train_worker(inputs: WorkerInputs) -> None:
 
 def evaluate(model, inputs: WorkerInputs, padding, device, dataset: str = "eval") -> dict:
     """Exact per-target metrics over every row of `dataset` across ranks (see mtl_rec.metrics)."""
-    cfg = inputs.run
-    accumulator = MetricAccumulator(eval_targets(cfg.tasks, inputs.spec))
-    shard = ray.train.get_dataset_shard(dataset)
-    batches = iter_batches(shard, inputs.layout, cfg.data.eval_batch_size, cfg.data.prefetch_batches)
-    for batch, outputs in forward_in_lockstep(model, batches, padding, device):
+    accumulator = MetricAccumulator(eval_targets(inputs.run.tasks, inputs.spec))
+    for batch, outputs in _forward_shard(model, inputs, padding, device, dataset):
         accumulator.update(outputs, batch)
     return accumulator.compute()
+
+
+def _forward_shard(model, inputs: WorkerInputs, padding, device, dataset: str) -> Iterator:
+    """(batch, model(batch)) over every row of this rank's shard of `dataset`, in lockstep."""
+    data = inputs.run.data
+    shard = ray.train.get_dataset_shard(dataset)
+    batches = iter_batches(shard, inputs.layout, data.eval_batch_size, data.prefetch_batches)
+    return forward_in_lockstep(model, batches, padding, device)
 
 
 def calibrate(sharded, inputs: WorkerInputs, padding, device) -> dict:
     """Collective: fit every task's Platt calibration on the validation rows and apply it to the
     model (mtl_rec.calibration). Returns {task: PlattFit as a dict} for metrics.json."""
     histogram = LogitHistogram(inputs.run.tasks)
-    data = inputs.run.data
-    batches = iter_batches(
-        ray.train.get_dataset_shard("valid"), inputs.layout, data.eval_batch_size, data.prefetch_batches
-    )
-    for batch, outputs in forward_in_lockstep(sharded.model, batches, padding, device):
+    for batch, outputs in _forward_shard(sharded.model, inputs, padding, device, "valid"):
         histogram.update(outputs, batch)
     fits = histogram.fit()  # the same on every rank
     sharded.module.heads.calibrate({task: (fit.scale, fit.shift) for task, fit in fits.items()})
