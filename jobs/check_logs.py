@@ -25,6 +25,7 @@ from tqdm import tqdm
 from jobs.cli import run_job
 from mtl_rec.config import SampleSpace, load_feature_spec
 from mtl_rec.config.data import DataConfig
+from mtl_rec.data_position import FILE_SHIFT
 from mtl_rec.evaluation import exact_auc
 
 
@@ -52,7 +53,8 @@ def check_logs(
     columns: dict[str, list[np.ndarray]] = {}
     wanted = [
         "id",
-        "meta." + spec.time_column,
+        "pos",  # the row's file (mtl_rec.data_position): its partition's date, without a time column
+        *(["meta." + spec.time_column] if spec.time_column else []),
         *(f"label.{x}" for x in spec.labels),
         *(f"meta.{t}" for t in inventory.truth_columns),
     ]
@@ -63,7 +65,11 @@ def check_logs(
             progress.update(table.num_rows)
     seconds = time.perf_counter() - start
     merged = {k: np.concatenate(v) for k, v in columns.items()}
-    day_of_row = (merged["meta." + spec.time_column] // 86400).astype("datetime64[D]").astype(str)
+    if spec.time_column:
+        day_of_row = (merged["meta." + spec.time_column] // 86400).astype("datetime64[D]").astype(str)
+    else:
+        file_dates = np.array([f.date.isoformat() for f in inventory.files])  # [files]
+        day_of_row = file_dates[merged["pos"] >> FILE_SHIFT]  # [N]
 
     per_day = {}
     for day in sorted(set(day_of_row)):
@@ -101,7 +107,7 @@ def check_logs(
         "ignored_files": inventory.ignored,
         "duplicate_ids": {"checked": inventory.ids.checked, "by_file": inventory.ids.by_file},
         "tables": table_collisions(inventory, spec),
-        "quarantine": quarantine_summary(quarantine, spec.id_column),
+        "quarantine": quarantine_summary(quarantine, spec.row_id_column),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "data_report.json").write_text(json.dumps(report, indent=2))

@@ -75,7 +75,7 @@ from jobs.report.render import render_html, render_markdown
 from jobs.report.score import RunArtifacts, load_run, score_runs
 from jobs.report.store import PredictionStore, merge_scores
 from jobs.train import start_ray
-from pipelines.read import inspect_logs, list_partitions, parse_dates
+from pipelines.read import file_row_ids, inspect_logs, list_partitions, parse_dates
 from pipelines.split import HoldoutSplit
 from pipelines.validate import quarantine_summary
 
@@ -132,25 +132,24 @@ def _check_slice_column(inventories: dict, column: str | None) -> None:
                 )
 
 
-def _expected_rows(inventory, split) -> int:
+def _expected_rows(inventory, split, spec) -> int:
     """Rows of the inventory's files on the split's side (all rows without a split)."""
-
     if split is None:
         return inventory.rows
-    return sum(int(split.keep(pq.read_table(f.path, columns=[split.column])).sum()) for f in inventory.files)
+    return sum(int(split.keep(file_row_ids(f, spec)).sum()) for f in inventory.files)
 
 
 def _row_accounting(
-    inventories: dict, store: PredictionStore, quarantine_dir: Path, id_column: str, split=None
+    inventories: dict, store: PredictionStore, quarantine_dir: Path, spec, split=None
 ) -> dict:
     """{day: {rows_in_files, rows_scored, rows_quarantined}}; RuntimeError if any row went missing."""
 
-    by_file = quarantine_summary(quarantine_dir, id_column)["by_file"]
+    by_file = quarantine_summary(quarantine_dir, spec.row_id_column)["by_file"]
     accounting = {}
     for day, inventory in inventories.items():
         quarantined = sum(by_file.get(f.path, 0) for f in inventory.files)
         scored = store.rows(day) if day in store.files else 0
-        expected = _expected_rows(inventory, split)
+        expected = _expected_rows(inventory, split, spec)
         accounting[day] = {
             "rows_in_files": inventory.rows,
             "rows_expected": expected,
@@ -233,7 +232,7 @@ def evaluate(
     start_ray(address)
     for stale in ("predictions", "plots"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    split = HoldoutSplit(holdout, "holdout", run.spec.id_column) if holdout else None
+    split = HoldoutSplit(holdout, "holdout", run.spec.row_id_column) if holdout else None
     models = [(run, inventories["run"])] + ([(base, inventories["baseline"])] if base is not None else [])
     run_scores, base_scores = [*score_runs(models, out / "scores", buckets, slice_column, split), None][:2]
     shared, not_compared = [], []
@@ -245,9 +244,7 @@ def evaluate(
     day_names = list(inventories["run"])
     files = merge_scores(run_scores, base_scores, out / "predictions", day_names, shared, buckets)
     store = PredictionStore(files, chunk_rows=min(settings.budget_rows, 1 << 20))
-    accounting = _row_accounting(
-        inventories["run"], store, run_scores / "quarantine", run.spec.id_column, split
-    )
+    accounting = _row_accounting(inventories["run"], store, run_scores / "quarantine", run.spec, split)
 
     metrics, slices, curves = compute_metrics(store, list(run.targets), shared, slice_column, top_k, settings)
     report = {

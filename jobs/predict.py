@@ -4,7 +4,8 @@
         [--batch-rows 65536] [--on-bad-rows error|quarantine] [--on-bad-files error|skip] [--threads N]
 
     OUT/dt=D/<file>.parquet             request_id, then one float32 column per target (the export's
-                                        manifest order), one row group per batch, rows in file order
+                                        manifest order), one row group per batch, rows in file order;
+                                        logs without an id column get _row_id, the id training derived
     OUT/_quarantine/dt=D/<file>.parquet rows set aside (on_bad_rows=quarantine) with _reject_reason
     OUT/PREDICTED.json                  written last: per file rows read, scored and set aside
 
@@ -37,10 +38,11 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from jobs.cli import run_job
+from mtl_rec.config.features import ROW_ID_COLUMN
 from mtl_rec.serve import InvalidRowsError, Predictor
 from mtl_rec.transform import describe_failures
 from pipelines.errors import BadInputError, BadRowsError
-from pipelines.read import inspect_logs, parse_dates, readable_blocks
+from pipelines.read import LogFile, days_since_1970, inspect_logs, parse_dates, readable_blocks, row_ids
 from pipelines.validate import REASON_COLUMN
 
 SUMMARY = "PREDICTED.json"
@@ -48,7 +50,7 @@ SUMMARY = "PREDICTED.json"
 
 def _score_file(
     predictor: Predictor,
-    path: str,
+    log_file: LogFile,
     columns: list[str],
     out: Path,
     quarantine: Path | None,
@@ -57,10 +59,15 @@ def _score_file(
 ) -> dict:
     """Score one log file into `out`, atomically: a partial file never appears under its name.
     Bad rows raise BadRowsError, or go to `quarantine`. Returns the file's counts."""
+    path, derive_ids = log_file.path, not predictor.spec.id_column
     temporary = out.with_name(f".{out.name}.tmp")
     writer, rejected, counts = None, [], {"path": path, "rows": 0, "scored": 0, "quarantined": 0}
     try:
         for block in readable_blocks(path, columns, batch_rows):
+            if derive_ids:  # logs without an id column: the ids training and jobs.evaluate derive
+                rows = np.arange(counts["rows"], counts["rows"] + block.num_rows)  # [n] rows in the file
+                ids = row_ids(days_since_1970(log_file.date), log_file.ordinal, rows)  # [n]
+                block = block.append_column(ROW_ID_COLUMN, pa.array(ids))
             scored, set_aside = _score_block(predictor, block, path, quarantine is not None)
             if set_aside is not None:
                 rejected.append(set_aside)
@@ -107,7 +114,7 @@ def _score_block(predictor: Predictor, block: pa.Table, path: str, keep_bad: boo
         )
         block, table = block.filter(pa.array(~bad)), table.filter(pa.array(~bad))
     scores = predictor.predict_checked(table)  # {target: [B'] float32}
-    id_column = predictor.spec.id_column
+    id_column = predictor.spec.row_id_column
     return pa.table({id_column: block[id_column], **{n: pa.array(v) for n, v in scores.items()}}), set_aside
 
 
@@ -128,7 +135,7 @@ def predict(
     predictor = Predictor(model_dir, threads=threads)
     loaded = time.perf_counter()
     spec = predictor.spec
-    columns = list(dict.fromkeys([spec.id_column, *predictor.columns]))
+    columns = list(dict.fromkeys(c for c in (spec.id_column, *predictor.columns) if c))
     days = parse_dates(dates)
     inventory = inspect_logs(logs, days, spec, on_bad_files=on_bad_files, check_ids=False, columns=columns)
     out = Path(out)
@@ -140,9 +147,7 @@ def predict(
             quarantine = out / "_quarantine" / day if on_bad_rows == "quarantine" else None
             target = out / day / Path(log_file.path).name
             try:
-                counts = _score_file(
-                    predictor, log_file.path, columns, target, quarantine, batch_rows, progress
-                )
+                counts = _score_file(predictor, log_file, columns, target, quarantine, batch_rows, progress)
             except BadRowsError:
                 raise
             except BadInputError as e:  # a data page that does not decode, a column of the wrong kind

@@ -189,10 +189,10 @@ def train(
         stats = compute_stats(train_inventory, spec, cfg.data, quarantine)
         stats.save(out / "feature_stats.json")
     spaces = required_spaces(cfg.tasks, spec)
-    daily_train = HoldoutSplit(holdout, "train", spec.id_column) if holdout else None
+    daily_train = HoldoutSplit(holdout, "train", spec.row_id_column) if holdout else None
     validation = cfg.train.validation_fraction
     valid_side = lambda side: (  # noqa: E731
-        HoldoutSplit(validation, side, spec.id_column, VALIDATION_SALT) if validation else None
+        HoldoutSplit(validation, side, spec.row_id_column, VALIDATION_SALT) if validation else None
     )
     build = partial(
         build_dataset, spec=spec, stats=stats, spaces=spaces, data=cfg.data, quarantine_dir=quarantine
@@ -205,7 +205,7 @@ def train(
             shuffle_seed=cfg.train.seed if cfg.data.shuffle_buffer_rows else None,
         ),
         "eval": build(
-            eval_inventory, split=HoldoutSplit(holdout, "holdout", spec.id_column) if holdout else None
+            eval_inventory, split=HoldoutSplit(holdout, "holdout", spec.row_id_column) if holdout else None
         ),
     }
     if validation:  # scored after every epoch (early stopping); never trained on
@@ -243,7 +243,7 @@ def train(
         "holdout": holdout,
         "train_rows_in_files": train_inventory.rows,
         "eval_rows_in_files": eval_inventory.rows,
-        "quarantine": quarantine_summary(quarantine, spec.id_column),
+        "quarantine": quarantine_summary(quarantine, spec.row_id_column),
         "skipped_files": train_inventory.skipped + eval_inventory.skipped,
         "ignored_files": train_inventory.ignored + eval_inventory.ignored,  # in day folders, not data
         "duplicate_ids": {  # repeats of an earlier row's id: set aside (quarantine) under their reason

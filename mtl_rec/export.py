@@ -179,7 +179,9 @@ def example_inputs(spec: FeatureSpec, batch: int = 4) -> tuple[tuple[Tensor, ...
     for k, feature in enumerate(f for f in spec.sparse if f.multi_hot):
         inputs += [torch.zeros(2 * batch, dtype=torch.int64), torch.arange(0, 2 * batch + 1, 2)]
         multi_shapes += [{0: Dim(f"ids_{k}_{feature.name}", min=0, max=64 * MAX_ROWS)}, {0: rows + 1}]
-    return tuple(inputs), (*shapes, tuple(multi_shapes))
+    # forward's *multi gets one tuple of shapes; a spec with no multi-hot feature passes no varargs at
+    # all, and torch.export then wants no entry for them (an empty tuple is an arity mismatch).
+    return tuple(inputs), (*shapes, tuple(multi_shapes)) if multi_shapes else tuple(shapes)
 
 
 def export_program(serving: ServingModel, spec: FeatureSpec) -> torch.export.ExportedProgram:

@@ -61,7 +61,7 @@ def compute_stats(
     dates = sorted({f.date.isoformat() for f in inventory.files})
     stats = reduce_moments(rows, spec, dates=dates)
     if stats.rows == 0:  # nothing to scale by or train on: stop before Ray Train starts
-        set_aside = quarantine_summary(quarantine_dir, spec.id_column) if quarantine_dir else {}
+        set_aside = quarantine_summary(quarantine_dir, spec.row_id_column) if quarantine_dir else {}
         reasons = "; ".join(f"{r}: {n} rows" for r, n in set_aside.get("by_reason", {}).items())
         raise BadInputError(
             f"{', '.join(dates) or 'no dates'}: no valid rows to train on: {inventory.rows} rows in "
@@ -162,7 +162,7 @@ def layout_for(spec: FeatureSpec, spaces: Mapping[str, SampleSpace], inventory: 
         multi_hot=frozenset(f.name for f in spec.sparse if f.multi_hot),
         labels=tuple(spec.labels),
         masks=tuple(spaces),
-        meta=tuple(dict.fromkeys(meta)),
+        meta=tuple(dict.fromkeys(c for c in meta if c)),
     )
 
 

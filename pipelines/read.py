@@ -3,7 +3,10 @@
 The footer pass (Parquet metadata only, no data pages) runs on the driver before any Ray task and
 catches file-level problems with a precise message: a missing day, an empty or corrupt file, a
 missing column, a column of the wrong type, a schema that drifts between files. Row counts come
-from the footers too, so the pipeline knows how many rows it must deliver.
+from the footers too, so the pipeline knows how many rows it must deliver. Under on_bad_files=skip
+the driver also decodes every page of the columns read (threads, a block at a time), so a file whose
+data does not decode behind an intact footer is set aside with its row count before any row of it
+is trained, instead of stopping the job halfway through a pass.
 
 Example::
 
@@ -25,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtl_rec.config import FeatureSpec
+from mtl_rec.config.features import ROW_ID_COLUMN
 from mtl_rec.data_position import POSITION_COLUMN, DataPosition, contains, encode_positions
 from pipelines.errors import BadInputError
 from pipelines.ids import DUPLICATE_COLUMN, PARTITION_DAY_COLUMN, IdAudit, audit_ids, duplicates_error
@@ -57,6 +61,54 @@ class LogFile:
     path: str
     date: dt.date
     rows: int
+    ordinal: int = 0  # its place among the data files of its date folder, in name order (row_ids)
+
+
+# Logs without an id column (spec id_column: ""): a row's id is where it sits, which is the same in
+# every inventory that reads the file (training, evaluation, prediction), and unique by construction:
+#     id = days since 1970 << 42 | ordinal of the file in its date folder << 30 | row in the file
+ROW_ID_DAY_SHIFT, ROW_ID_FILE_SHIFT = 42, 30
+MAX_ROW_ID_FILES, MAX_ROW_ID_ROWS = 1 << (ROW_ID_DAY_SHIFT - ROW_ID_FILE_SHIFT), 1 << ROW_ID_FILE_SHIFT
+
+
+def row_ids(day: int, ordinal: int, rows: np.ndarray) -> np.ndarray:
+    """[n] row indices within one file -> [n] int64 derived ids (see above); day: days since 1970.
+
+    Example::
+
+        >>> row_ids(20_000, 1, np.arange(3)) == (20_000 << 42 | 1 << 30) + np.arange(3)
+        array([ True,  True,  True])
+    """
+    if not (0 <= day < 1 << (63 - ROW_ID_DAY_SHIFT) and 0 <= ordinal < MAX_ROW_ID_FILES):
+        raise ValueError(f"no derived row id for day {day}, file ordinal {ordinal}")
+    base = np.int64(day) << np.int64(ROW_ID_DAY_SHIFT) | np.int64(ordinal) << np.int64(ROW_ID_FILE_SHIFT)
+    return base | rows.astype(np.int64, copy=False)  # [n]
+
+
+def days_since_1970(date: dt.date) -> int:
+    return (date - dt.date(1970, 1, 1)).days
+
+
+def file_row_ids(log_file: LogFile, spec: FeatureSpec) -> pa.Table:
+    """One file's row ids, as a table of the one column spec.row_id_column: read, or derived (row_ids)."""
+    if spec.id_column:
+        return pq.read_table(log_file.path, columns=[spec.id_column])
+    ids = row_ids(days_since_1970(log_file.date), log_file.ordinal, np.arange(log_file.rows))  # [rows]
+    return pa.table({ROW_ID_COLUMN: ids})
+
+
+def _row_id_problem(log_file: LogFile, rows: int) -> str | None:
+    """Why a file of logs without an id column cannot have derived row ids, or None."""
+    if log_file.ordinal >= MAX_ROW_ID_FILES:
+        return (
+            f"the logs have no id column, and a derived row id allows at most {MAX_ROW_ID_FILES:,} "
+            "files per date folder (this is a later one)"
+        )
+    if rows >= MAX_ROW_ID_ROWS:
+        return (
+            f"the logs have no id column, and a derived row id allows at most {MAX_ROW_ID_ROWS:,} rows a file"
+        )
+    return None
 
 
 @dataclass
@@ -71,6 +123,7 @@ class LogInventory:
     ids: IdAudit = field(default_factory=lambda: IdAudit(checked=False))  # duplicates (pipelines.ids)
     # column -> (type, first file that had it): what a later inventory must match (inspect_logs' like=)
     types: dict = field(default_factory=dict)
+    derive_row_ids: bool = False  # the logs have no id column: the reader derives each row's (row_ids)
 
     @property
     def rows(self) -> int:
@@ -84,6 +137,7 @@ class LogInventory:
 def _expected_kind(spec: FeatureSpec) -> dict[str, str]:
     """Column -> type class the spec requires: int, int_list, number, label."""
     kinds = {spec.id_column: "int", spec.time_column: "int", spec.group_key: "key"}
+    kinds.pop("", None)  # an optional row column the logs do not have (FeatureSpec)
     kinds |= {f.column: "int_list" if f.multi_hot else "int" for f in spec.sparse}
     kinds |= {f.column: "number" for f in spec.dense}
     kinds |= {label: "label" for label in spec.labels}
@@ -146,7 +200,7 @@ def list_partitions(
                 ignored.append({"path": str(path), "reason": reason})
         if not found:
             missing.append(str(part))
-        files += [LogFile(str(p), day, -1) for p in found]
+        files += [LogFile(str(p), day, -1, ordinal) for ordinal, p in enumerate(found)]
     if missing:
         have = sorted(p.name for p in logs_dir.glob(f"{date_column}=*")) if logs_dir.is_dir() else []
         raise BadInputError(
@@ -201,6 +255,8 @@ def inspect_logs(
     for candidate, (schema, rows, problem) in zip(candidates, footers):
         if problem is None:
             problem = _schema_problem(schema, expected, reference, candidate.path)
+        if problem is None and not spec.id_column:
+            problem = _row_id_problem(candidate, rows)
         if problem is None and columns is None:
             file_truth = sorted(n for n in schema.names if n.startswith(spec.truth_prefix))
             if truth is None:
@@ -217,7 +273,7 @@ def inspect_logs(
             continue
         for column in expected:
             reference.setdefault(column, (schema.field(column).type, candidate.path))
-        files.append(LogFile(candidate.path, candidate.date, rows))
+        files.append(LogFile(candidate.path, candidate.date, rows, candidate.ordinal))
 
     if problems:
         raise BadInputError(
@@ -229,11 +285,35 @@ def inspect_logs(
             f"no usable log files for {', '.join(d.isoformat() for d in dates)} under {logs_dir}"
         )
     truth = truth or []
-    audit = audit_ids(files, spec.id_column) if check_ids else IdAudit(checked=False)
+    read = list(columns) if columns is not None else spec.input_columns() + truth
+    if on_bad_files == "skip":
+        files = _without_undecodable(files, read, skipped)
+        if not files:
+            raise BadInputError(
+                f"no readable log files for {', '.join(d.isoformat() for d in dates)} under {logs_dir}"
+            )
+    # Without an id column the ids are derived from positions: unique by construction, nothing to audit.
+    audit = audit_ids(files, spec.id_column) if check_ids and spec.id_column else IdAudit(checked=False)
     if audit.duplicate_rows and on_bad_rows == "error":
         raise duplicates_error(audit, spec.id_column)
-    read = list(columns) if columns is not None else spec.input_columns() + truth
-    return LogInventory(files, read, truth, skipped, ignored, audit, reference)
+    return LogInventory(files, read, truth, skipped, ignored, audit, reference, not spec.id_column)
+
+
+def _without_undecodable(files: list[LogFile], columns: list[str], skipped: list[dict]) -> list[LogFile]:
+    """The files whose every page of `columns` decodes; the others appended to `skipped`."""
+
+    def problem(log_file: LogFile) -> str | None:
+        try:
+            for _ in readable_blocks(log_file.path, columns, 1 << 16):
+                pass
+        except BadInputError as e:
+            return str(e).removeprefix(f"{log_file.path}: ")
+        return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = list(pool.map(problem, files))
+    skipped += [{"path": f.path, "reason": p, "rows": f.rows} for f, p in zip(files, problems) if p]
+    return [f for f, p in zip(files, problems) if p is None]
 
 
 def _schema_problem(schema: pa.Schema, expected: dict[str, str], reference: dict, path: str) -> str | None:
@@ -286,20 +366,26 @@ def _read_and_prepare(
     all_paths=(),
     split=None,
     duplicates=None,
+    derive_row_ids=False,
 ) -> Iterator[pa.Table]:
     """One file's blocks, each with its rows' positions (mtl_rec.data_position) in POSITION_COLUMN,
     minus the rows a saved data position says were already trained on, then `prepare`d.
     duplicates: [m, 2] position intervals of rows repeating an earlier id (pipelines.ids): marked in
-    DUPLICATE_COLUMN, which validation turns into a bad row."""
+    DUPLICATE_COLUMN, which validation turns into a bad row. derive_row_ids: the logs have no id
+    column; each row gets its derived id (row_ids) in ROW_ID_COLUMN, before the split hashes it."""
     saved = DataPosition.load(position_file) if position_file else None
     if saved is not None:
         saved.check_files(list(all_paths), position_file)
-    for path, file_index, day in zip(files["path"], files["index"], files.get("day", files["index"])):
+    days, ordinals = files.get("day", files["index"]), files.get("ordinal", np.zeros_like(files["index"]))
+    for path, file_index, day, ordinal in zip(files["path"], files["index"], days, ordinals):
         offset = 0
         for table in readable_blocks(str(path), columns, rows_per_block):
             positions = encode_positions(int(file_index), np.arange(offset, offset + table.num_rows))  # [n]
             offset += table.num_rows
             table = table.append_column(POSITION_COLUMN, pa.array(positions, pa.int64()))
+            if derive_row_ids:
+                rows = np.arange(offset - table.num_rows, offset)  # [n] rows within the file
+                table = table.append_column(ROW_ID_COLUMN, pa.array(row_ids(int(day), int(ordinal), rows)))
             if "day" in files:  # the partition's date, for the timestamp check (pipelines.validate)
                 table = table.append_column(PARTITION_DAY_COLUMN, pa.array(np.full(table.num_rows, day)))
             if duplicates is not None and duplicates.shape[0]:
@@ -314,6 +400,16 @@ def _read_and_prepare(
                 if table.num_rows == 0:
                     continue
             yield prepare(table, source=str(path), **prepare_kwargs)
+
+
+def read_items(inventory: LogInventory) -> list[dict]:
+    """One item per file for the read tasks (_read_and_prepare): its path, its index in the inventory
+    (data positions), its partition's date as days since 1970 (the timestamp check, derived row ids)
+    and its ordinal in its date folder (derived row ids)."""
+    return [
+        {"path": f.path, "index": i, "day": days_since_1970(f.date), "ordinal": f.ordinal}
+        for i, f in enumerate(inventory.files)
+    ]
 
 
 def read_logs(
@@ -338,10 +434,7 @@ def read_logs(
     """
     import ray.data
 
-    epoch = dt.date(1970, 1, 1)  # "day": the partition's date for the row timestamp check
-    files = [
-        {"path": f.path, "index": i, "day": (f.date - epoch).days} for i, f in enumerate(inventory.files)
-    ]
+    files = read_items(inventory)
     if file_order_seed is not None:
         order = np.random.default_rng(file_order_seed).permutation(len(files))
         files = [files[i] for i in order]
@@ -358,6 +451,7 @@ def read_logs(
             "all_paths": inventory.paths if position_file else (),
             "split": split,
             "duplicates": inventory.ids.duplicates,
+            "derive_row_ids": inventory.derive_row_ids,
         },
         compute=ray.data.TaskPoolStrategy(size=max_tasks),
     )

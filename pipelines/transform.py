@@ -2,7 +2,7 @@
 Ids are mapped and dense values scaled by mtl_rec.transform, the code serving runs too.
 
 Output columns of `transform_block` (the contract `pipelines.collate` reads):
-    id                   int64 request id
+    id                   int64 request id (or the derived row id of logs without one: pipelines.read)
     sparse.<feature>     int64 row in the feature's table, or list<int64> for multi-hot features
     dense                fixed_size_list<float32>[D]: transformed and scaled, spec order
     label.<label>        float32 in {0, 1}
@@ -33,7 +33,7 @@ def transform_block(
     table: pa.Table, spec: FeatureSpec, stats: FeatureStats, spaces: Mapping[str, SampleSpace]
 ) -> pa.Table:
     """See module doc. `table` must have passed validation (no nulls, ids >= 0, finite dense)."""
-    columns: dict[str, pa.Array] = {"id": flat(table[spec.id_column]).cast(pa.int64())}
+    columns: dict[str, pa.Array] = {"id": flat(table[spec.row_id_column]).cast(pa.int64())}
     for feature in spec.sparse:
         values, offsets = mapped_feature(table, spec, feature)  # [B], or [N] with offsets [B + 1]
         mapped = pa.array(values, pa.int64())
@@ -52,7 +52,7 @@ def transform_block(
         columns[f"label.{label}"] = pa.array(labels[label])
     for name, space in spaces.items():
         columns[f"mask.{name}"] = pa.array(space.mask(labels))  # [B] bool
-    for column in (spec.group_key, spec.time_column, *spec.meta_columns):
+    for column in dict.fromkeys(c for c in (spec.group_key, spec.time_column, *spec.meta_columns) if c):
         columns[f"meta.{column}"] = flat(table[column])
     for column in (c for c in table.column_names if c.startswith(spec.truth_prefix)):
         columns[f"meta.{column}"] = flat(table[column]).cast(pa.float32())

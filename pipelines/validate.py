@@ -40,26 +40,14 @@ SOURCE_COLUMN = "_source_file"
 
 
 def _row_checks(table: pa.Table, spec: FeatureSpec):
-    """Yield (reason, [B] bool) for every check, in order."""
-    yield f"{spec.id_column}: null", null_mask(table[spec.id_column])
-    if DUPLICATE_COLUMN in table.column_names:  # the reader's mark from the id audit (pipelines.ids)
-        yield (
-            f"{spec.id_column}: duplicate id (an earlier row has it)",
-            filled(table[DUPLICATE_COLUMN], False),
-        )
-    if pa.types.is_uint64(table.schema.field(spec.id_column).type):  # ids are int64 from here on
-        ids = filled(table[spec.id_column], 0)  # [B] uint64
-        yield f"{spec.id_column}: id >= 2**63 (does not fit int64)", ids > np.iinfo(np.int64).max
-    yield f"{spec.time_column}: null", null_mask(table[spec.time_column])
-    if PARTITION_DAY_COLUMN in table.column_names:  # the reader's dt= date of the row's file
-        day = filled(table[spec.time_column], 0).astype(np.int64) // 86400  # [B] days since 1970
-        away = np.abs(day - filled(table[PARTITION_DAY_COLUMN], 0))  # [B]
-        yield (
-            f"{spec.time_column}: more than {PARTITION_SLACK_DAYS} day from its partition's date "
-            "(seconds since 1970, UTC)",
-            away > PARTITION_SLACK_DAYS,
-        )
-    yield f"{spec.group_key}: null", null_mask(table[spec.group_key])
+    """Yield (reason, [B] bool) for every check, in order. The spec's optional row columns (id, time,
+    group key: "" when the logs have none) are checked where they exist."""
+    if spec.id_column:  # else the reader derived the ids from positions: never null, never repeated
+        yield from _id_checks(table, spec.id_column)
+    if spec.time_column:
+        yield from _time_checks(table, spec.time_column)
+    if spec.group_key:
+        yield f"{spec.group_key}: null", null_mask(table[spec.group_key])
     yield from feature_checks(table, spec)  # the model inputs: the checks serving runs too
     labels = {}
     for label in spec.labels:
@@ -79,6 +67,27 @@ def _row_checks(table: pa.Table, spec: FeatureSpec):
         column = table[name].cast(pa.float64())
         values = filled(column, -1.0)  # [B]; nulls filled outside [0, 1]
         yield f"{name}: truth probability null, NaN or outside [0, 1]", ~((values >= 0) & (values <= 1))
+
+
+def _id_checks(table: pa.Table, column: str):
+    yield f"{column}: null", null_mask(table[column])
+    if DUPLICATE_COLUMN in table.column_names:  # the reader's mark from the id audit (pipelines.ids)
+        yield f"{column}: duplicate id (an earlier row has it)", filled(table[DUPLICATE_COLUMN], False)
+    if pa.types.is_uint64(table.schema.field(column).type):  # ids are int64 from here on
+        ids = filled(table[column], 0)  # [B] uint64
+        yield f"{column}: id >= 2**63 (does not fit int64)", ids > np.iinfo(np.int64).max
+
+
+def _time_checks(table: pa.Table, column: str):
+    yield f"{column}: null", null_mask(table[column])
+    if PARTITION_DAY_COLUMN in table.column_names:  # the reader's dt= date of the row's file
+        day = filled(table[column], 0).astype(np.int64) // 86400  # [B] days since 1970
+        away = np.abs(day - filled(table[PARTITION_DAY_COLUMN], 0))  # [B]
+        yield (
+            f"{column}: more than {PARTITION_SLACK_DAYS} day from its partition's date "
+            "(seconds since 1970, UTC)",
+            away > PARTITION_SLACK_DAYS,
+        )
 
 
 def find_bad_rows(table: pa.Table, spec: FeatureSpec) -> tuple[np.ndarray, list[str]]:
@@ -117,7 +126,7 @@ def _describe(source: str, first: np.ndarray, reasons: list[str]) -> str:
 
 def _write_quarantine(rejected: pa.Table, spec: FeatureSpec, quarantine_dir: Path, source: str) -> None:
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    ids = rejected[spec.id_column]
+    ids = rejected[spec.row_id_column]
     key = hashlib.sha1(f"{source}|{ids[0].as_py()}|{ids[-1].as_py()}|{len(ids)}".encode()).hexdigest()[:16]
     final = quarantine_dir / f"{Path(source).stem}-{key}.parquet"
     temporary = final.with_suffix(f".{np.random.randint(1 << 30)}.tmp")

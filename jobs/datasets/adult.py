@@ -31,11 +31,10 @@ native_country) become int ids through a vocabulary of their sorted distinct val
 vocabulary-size rows; 6 numeric columns are dense features, log1p before scaling where skewed
 (fnlwgt, capital_gain, capital_loss).
 
-The data has no users and no timestamps, but the spec requires an id, a time and a group column:
-`request_id` is the source row index (a real, unique row id); `ts` is the midnight of the row's day
-(a placeholder: nothing here has a time of day); `group_key` is `request_id`, so every person is
-their own group (rows are independent people): the report's bootstrap resamples people and its GAUC
-has no group with both classes (reported as such, not as a number).
+The data has no row ids, no users and no timestamps, and the files invent none: the spec's
+`id_column`, `time_column` and `group_key` are "" (mtl_rec.config.FeatureSpec). Each row's id is
+derived from its file and row (pipelines.read.row_ids), nothing checks times, and the report has no
+GAUC (every person is their own group; its bootstrap resamples people).
 """
 
 from __future__ import annotations
@@ -87,8 +86,7 @@ DENSE = {  # column -> transform before standard scaling
 }
 LABELS = ("income", "never_married")
 SCHEMA = pa.schema(
-    [pa.field("request_id", pa.int64()), pa.field("ts", pa.int64())]
-    + [pa.field(name, pa.int64()) for name in CATEGORICAL]
+    [pa.field(name, pa.int64()) for name in CATEGORICAL]
     + [pa.field(name, pa.float32()) for name in DENSE]
     + [pa.field(name, pa.int8()) for name in LABELS]
 )
@@ -162,7 +160,7 @@ def vocabulary(column: pa.ChunkedArray) -> list[str]:
 class Converted:
     """The converted rows in source order plus each row's day and the vocabularies."""
 
-    table: pa.Table  # SCHEMA, `ts` still 0
+    table: pa.Table  # SCHEMA
     day: np.ndarray  # [N] day index
     vocabularies: dict[str, list[str]]
 
@@ -172,7 +170,7 @@ def convert(source: pa.Table) -> Converted:
     n = source.num_rows
     rows = np.arange(n, dtype=np.int64)
     vocabularies = {name: vocabulary(source[name]) for name in CATEGORICAL}
-    columns: dict[str, pa.Array] = {"request_id": pa.array(rows), "ts": pa.array(np.zeros(n, np.int64))}
+    columns: dict[str, pa.Array] = {}
     for name in CATEGORICAL:
         ids = pc.index_in(source[name], value_set=pa.array(vocabularies[name]))
         columns[name] = ids.cast(pa.int64())
@@ -200,8 +198,6 @@ def write_logs(converted: Converted, logs: Path) -> dict[str, int]:
         date = day_date(day)
         take = order[converted.day[order] == day]  # [n_day] rows of the day, hash order
         table = converted.table.take(pa.array(take))
-        midnight = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.timezone.utc).timestamp())
-        table = table.set_column(1, "ts", pa.array(np.full(len(take), midnight, np.int64)))
         folder = logs / f"dt={date.isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.parquet"):
@@ -217,9 +213,9 @@ def feature_spec(vocabularies: dict[str, list[str]]) -> dict:
     """The feature spec as a plain dict (what load_feature_spec reads)."""
     return {
         "date_column": "dt",
-        "id_column": "request_id",
-        "time_column": "ts",
-        "group_key": "request_id",
+        "id_column": "",  # none of the three is in the data (module doc)
+        "time_column": "",
+        "group_key": "",
         "labels": list(LABELS),
         "tables": {
             name: {"num_embeddings": len(vocabularies[name]), "dim": EMBEDDING_DIM, "id_map": "identity"}
@@ -236,22 +232,21 @@ def feature_spec(vocabularies: dict[str, list[str]]) -> dict:
 _SPEC_HEADER = """\
 # UCI Adult, written by `python -m jobs.datasets adult` (see jobs/datasets/adult.py).
 # Categorical ids: index in the sorted distinct values over all rows (vocabularies in dataset.json).
-# request_id: source row index; ts: midnight of the row's day (the data has no time);
-# group_key: request_id (no users: each person is their own group).
+# No id, time or group column: the data has none (row ids are derived from file and row; no GAUC).
 """
 
 
 def write_presets(out: Path, spec_path: Path) -> dict[str, str]:
-    """OUT/<preset>.yaml: the jobs/configs/adult/ presets with `features` pointing at `spec_path`."""
+    """OUT/<preset>.yaml: the jobs/configs/adult/ presets with `features` pointing at `spec_path`
+    (relative to OUT when it is there: the folder can be moved whole)."""
     written = {}
     for name in PRESETS:
         text = (PRESETS_DIR / f"{name}.yaml").read_text()
         preset = yaml.safe_load(text)
         if "features" not in preset:
             raise RuntimeError(f"{PRESETS_DIR / name}.yaml has no `features:` key to point at the spec")
-        lines = [
-            f"features: {spec_path}" if line.startswith("features:") else line for line in text.splitlines()
-        ]
+        where = spec_path.relative_to(out) if spec_path.parent == out else spec_path
+        lines = [f"features: {where}" if line.startswith("features:") else line for line in text.splitlines()]
         (out / f"{name}.yaml").write_text("\n".join(lines) + "\n")
         written[name] = str(out / f"{name}.yaml")
     return written

@@ -70,7 +70,12 @@ def tables(report: dict) -> list[Table]:
             "pred/obs",
             "ECE",
         ],
-        note="GAUC groups by " + str(report["data"]["group_key"]) + "; single-class groups are skipped.",
+        note=(
+            "GAUC groups by " + str(report["data"]["group_key"]) + "; single-class groups are skipped."
+            if report["data"].get("group_key")
+            else "The feature spec names no group key: each row is its own group, so there is no GAUC "
+            "and the bootstrap resamples rows."
+        ),
     )
     for name, t in metrics.items():
         o = t["overall"]

@@ -169,7 +169,7 @@ def load_run(run_dir: Path, slice_column: str | None = None) -> RunArtifacts:
         spec, changes = _spec_of_checkpoint(load_feature_spec(cfg.features), checkpoint)
         source = cfg.features
     meta = spec.meta_columns
-    if slice_column and slice_column not in (*meta, spec.group_key, spec.time_column):
+    if slice_column and slice_column not in (*meta, spec.group_key, spec.time_column, ""):
         meta = (*meta, slice_column)
     spec = dataclasses.replace(spec, meta_columns=meta)
     history = _read_json(run_dir / "metrics.json").get("train", {}).get("history", [])
@@ -212,7 +212,10 @@ def _batch_columns(batch, outputs, run: RunArtifacts, slice_column: str | None) 
     """One real batch -> {column: [B] numpy} (see module doc for the columns)."""
     spec = run.spec
     cpu = lambda t: t.detach().to("cpu").numpy()  # noqa: E731  [B] tensor -> [B] numpy
-    columns = {"id": cpu(batch.ids), "group": cpu(batch.meta[spec.group_key]).astype(np.int64)}
+    ids = cpu(batch.ids)  # [B]
+    # Without a group key each row is its own group: no GAUC, and the bootstrap resamples rows.
+    group = cpu(batch.meta[spec.group_key]).astype(np.int64) if spec.group_key else ids  # [B]
+    columns = {"id": ids, "group": group}
     if slice_column:
         columns["slice"] = cpu(batch.meta[slice_column]).astype(np.int64)
     for label, values in batch.labels.items():

@@ -13,7 +13,9 @@ class DataConfig:
     on_bad_rows:  error      stop at the first block with bad rows; the message names file, column, counts
                   quarantine write bad rows with a `_reject_reason` under RUN_DIR/quarantine and count them
     on_bad_files: error      an empty, corrupt or mis-typed file stops the job
-                  skip       such a file is set aside, listed with its reason and row count in the summary
+                  skip       such a file is set aside, listed with its reason and row count in the summary;
+                             every file's pages are decoded once before training, so a torn page behind
+                             an intact footer is set aside too, never met half way through a pass
     """
 
     # rows per step on EACH worker (the global batch is workers x batch_size). 1024 on 2 workers

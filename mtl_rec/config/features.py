@@ -77,6 +77,9 @@ class DenseFeature:
             object.__setattr__(self, "column", self.name)
 
 
+ROW_ID_COLUMN = "_row_id"  # the derived id of logs without an id column (pipelines.read.row_ids)
+
+
 @dataclass(frozen=True)
 class OracleSpec:
     """Which hidden-model column is the true probability of `label` over the sample space `space`:
@@ -97,6 +100,9 @@ class FeatureSpec:
     labels: tuple[str, ...]
     funnel: tuple[str, ...] = ()  # ordered stages, each implying the one before (click, cart, conversion)
     date_column: str = "dt"
+    # The three row columns are optional: "" says the logs have no such thing (a public tabular set).
+    # No id: each row's id is derived from its file and row (ROW_ID_COLUMN, pipelines.read.row_ids),
+    # and there are no duplicates to audit. No time: no timestamp checks. No group key: no GAUC.
     id_column: str = "request_id"
     time_column: str = "ts"
     group_key: str = "user_id"
@@ -174,6 +180,11 @@ class FeatureSpec:
         if column == self.date_column:
             return "the date partition column (never a feature)"
         return None
+
+    @property
+    def row_id_column(self) -> str:
+        """The column holding each row's id: the logs' id column, or the one the reader derives."""
+        return self.id_column or ROW_ID_COLUMN
 
     @property
     def sparse_names(self) -> tuple[str, ...]:

@@ -181,7 +181,7 @@ class RunConfig:
 
     model: ModelConfig
     tasks: tuple[TaskConfig, ...]
-    features: str = "jobs/configs/features.yaml"
+    features: str = "jobs/configs/features.yaml"  # read_run_config resolves it (_features_path)
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     sharding: ShardingConfig = ShardingConfig()
@@ -192,11 +192,35 @@ class RunConfig:
         return load_feature_spec(self.features)
 
 
+FEATURES_BESIDE = "features.yaml"  # the spec a config without `features:` reads, in its own folder
+
+
+def _features_path(path: Path, written: dict, data: dict, overrides: Sequence[str]) -> str:
+    """Where the feature spec of the config at `path` is. A relative `features:` in the file is read
+    from the file's folder (a config and its spec move together); one given as a `--set` override,
+    from the working directory (as every command-line path); none at all: the features.yaml beside
+    the config, which must exist (never a silent fall back to the demo's spec)."""
+    if any(o.partition("=")[0] == "features" for o in overrides):
+        return str(data["features"])
+    if "features" in written:
+        features = Path(str(written["features"]))
+        return str(features if features.is_absolute() else path.parent / features)
+    beside = path.parent / FEATURES_BESIDE
+    if not beside.is_file():
+        raise ConfigError(
+            f"{path}: no `features:` (the feature spec file) and no {FEATURES_BESIDE} beside the config; "
+            "name the spec with `features: PATH` (relative to the config's folder) or --set features=PATH"
+        )
+    return str(beside)
+
+
 def read_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Preset YAML + overrides -> RunConfig, task labels checked against the feature spec. The
     backbone's and the weighting method's names and params are checked by
     mtl_rec.run_config.load_run_config, which calls this."""
-    data = apply_overrides(load_yaml(path), list(overrides))
+    written = load_yaml(path)
+    data = apply_overrides(written, list(overrides))
+    data["features"] = _features_path(Path(path), written, data, overrides)
     weighting = data.get("weighting")
     if isinstance(weighting, dict):  # the flat form `{method: dwa, window: 50}` puts params beside method
         flat = {k: v for k, v in weighting.items() if k not in ("method", "params", "groups")}

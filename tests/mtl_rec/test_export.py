@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import yaml
 
 from mtl_rec.checkpoint import save_checkpoint
 from mtl_rec.config import SampleSpace, from_dict
-from mtl_rec.config.features import spec_yaml
+from mtl_rec.config.features import ROW_ID_COLUMN, spec_yaml
 from mtl_rec.config.loader import ConfigError, to_dict
 from mtl_rec.config.run import RunConfig
 from mtl_rec.export import COMPILED, PROGRAM, TableLookup, export_run
@@ -292,3 +292,28 @@ def test_every_backbone_exports_and_serves_what_it_computes_in_training(arch, tm
     for name in predictor.targets:
         assert_float32_close(served[name], trained[name], PREDICTION_ULPS, msg=name)
         assert_float32_close(single[name], trained[name][7:8], PREDICTION_ULPS, msg=f"{name}, one row")
+
+
+def test_a_spec_without_multi_hot_features_or_row_columns_exports_and_serves(tmp_path):
+    """A plain table (UCI Adult's shape): single-hot ids and dense columns only, and no id, time or
+    group column. The program then has no multi-hot inputs at all (it once failed to export)."""
+    base = tiny_spec()
+    spec = replace(
+        base,
+        sparse=tuple(f for f in base.sparse if not f.multi_hot),
+        id_column="",
+        time_column="",
+        group_key="",
+    )
+    cfg = from_dict(RunConfig, {**ESMM_CONFIG, "sharding": {"tables": {}}})
+    torch.manual_seed(0)
+    model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu").eval()
+    stats = _saved_run(tmp_path / "run", model, cfg, spec)
+    export_run(tmp_path / "run", tmp_path / "model")
+    rows = tiny_table(16, seed=2).drop_columns(["request_id", "ts", "recent_categories"])
+    served = Predictor(tmp_path / "model").predict(rows)
+    trained = _training_path(
+        rows.append_column(ROW_ID_COLUMN, pa.array(np.arange(16))), model, spec, stats, cfg
+    )
+    for name in served:
+        assert_float32_close(served[name], trained[name], PREDICTION_ULPS, msg=name)

@@ -12,7 +12,7 @@ from mtl_rec.config import SampleSpace
 from mtl_rec.config.data import DataConfig
 from pipelines.dataset import build_dataset, compute_stats
 from pipelines.errors import BadInputError, BadRowsError
-from pipelines.read import inspect_logs, parse_dates
+from pipelines.read import inspect_logs, parse_dates, readable_blocks
 from pipelines.validate import REASON_COLUMN, find_bad_rows, quarantine_summary, validate_block
 from tests.pipelines.tables import tiny_spec, tiny_table
 
@@ -94,6 +94,34 @@ def test_empty_and_corrupt_files_error_or_skip(tmp_path):
     assert inventory.paths == [str(good)] and inventory.rows == 12
     # The empty file has 0 rows; the truncated one's count is unknown (its footer is gone), not 0.
     assert {s["path"]: s["rows"] for s in inventory.skipped} == {str(empty): 0, str(corrupt): None}
+
+
+def _tear_a_page(path, column: str) -> None:
+    """Zero 64 bytes inside one data page of `column` (row group 1): the footer stays intact."""
+    meta = pq.read_metadata(path)
+    page = meta.row_group(1).column(meta.schema.names.index(column))
+    raw = bytearray(path.read_bytes())
+    raw[page.data_page_offset + 16 : page.data_page_offset + 80] = bytes(64)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_torn_page_behind_an_intact_footer_is_named_or_skipped_before_any_row_is_read(tmp_path):
+    good = _write(tmp_path, DAY1, tiny_table(300))
+    torn = good.parent / "part-00001.parquet"
+    pq.write_table(tiny_table(3000, seed=1, start_id=1000), torn, compression="zstd", row_group_size=1000)
+    _tear_a_page(torn, "price")
+    inventory = inspect_logs(tmp_path, [DAY1], tiny_spec())  # on_bad_files=error: footers only
+    assert inventory.rows == 3300
+    with pytest.raises(BadInputError, match=f"{torn}: unreadable Parquet data after its first 1,000 rows"):
+        list(readable_blocks(str(torn), inventory.columns, 1000))
+
+    skipping = inspect_logs(tmp_path, [DAY1], tiny_spec(), on_bad_files="skip")
+    assert skipping.paths == [str(good)] and skipping.rows == 300  # what training reads: every row once
+    (entry,) = skipping.skipped
+    assert entry["path"] == str(torn) and entry["rows"] == 3000  # rows in files = read + skipped rows
+    assert entry["reason"].startswith("unreadable Parquet data after its first")  # rows: whole 64k blocks
+    other_column = inspect_logs(tmp_path, [DAY1], tiny_spec(), on_bad_files="skip", columns=["request_id"])
+    assert other_column.rows == 3300  # a page of a column not read sets nothing aside
 
 
 def test_hidden_temporary_and_other_files_are_not_data_and_are_listed(tmp_path):
