@@ -27,6 +27,7 @@ from mtl_rec.config import SampleSpace, load_feature_spec
 from mtl_rec.config.data import DataConfig
 from mtl_rec.data_position import FILE_SHIFT
 from mtl_rec.evaluation import exact_auc
+from mtl_rec.quiet import quiet_ray_data
 
 
 def check_logs(
@@ -42,6 +43,7 @@ def check_logs(
     days = parse_dates(dates)
     inventory = inspect_logs(logs, days, spec, data.on_bad_files, data.on_bad_rows, data.check_duplicate_ids)
     if not ray.is_initialized():
+        quiet_ray_data()  # before ray.init: a local Ray's processes inherit the setting
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     quarantine = out / "quarantine"

@@ -45,6 +45,7 @@ from mtl_rec.config.stats import FeatureStats
 from mtl_rec.config.weighting import weight_group_count
 from mtl_rec.data_position import POSITION_FILE
 from mtl_rec.metrics import required_spaces
+from mtl_rec.quiet import quiet_ray_data
 from mtl_rec.run_config import load_run_config, run_config_from_dict
 from pipelines.dataset import build_dataset, compute_stats, layout_for
 from pipelines.errors import BadInputError
@@ -57,6 +58,7 @@ from pipelines.validate import quarantine_summary
 def start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
+    quiet_ray_data()  # before ray.init: a local Ray's processes inherit the setting
     if address or os.environ.get("RAY_ADDRESS"):  # --address, or running under `ray job submit`
         ray.init(address=address or None, configure_logging=False)
     else:

@@ -35,6 +35,8 @@ def configure_ray_data() -> None:
     ctx = DataContext.get_current()
     # Keep our BadInputError (file, column, counts) as the exception type instead of UserCodeException.
     ctx.raise_original_map_exception = True
+    # Its plan and "Starting execution" lines for every pass over every dataset: in ray-data.log only.
+    ctx.print_on_execution_start = False
 
 
 def _quarantine(policy: str, quarantine_dir: str | Path | None) -> str | None:

@@ -21,6 +21,8 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from mtl_rec.batch import Batch
 from mtl_rec.config.features import FeatureSpec
 from mtl_rec.config.run import RunConfig
-from mtl_rec.distributed import all_reduce_sum, world_size
+from mtl_rec.distributed import all_reduce_sum, rank, world_size
 from mtl_rec.models.heads import TaskOutputs
 from mtl_rec.models.model import MultiTaskModel
 from mtl_rec.quiet import quiet_libraries
@@ -55,7 +57,9 @@ class NoDropDataConfig(RayDataConfig):
         output = [{} for _ in range(world_size)]
         for name, ds in datasets.items():
             ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            with warnings.catch_warnings():  # Ray's own default sets the deprecated field (Ray 2.60)
+                warnings.filterwarnings("ignore", "`ExecutionOptions.exclude_resources` is deprecated")
+                ds.context.execution_options = self._resolve_execution_options(name)
             ds.context.execution_options.preserve_order = self.preserve_order
             for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
                 output[i][name] = split
@@ -91,8 +95,19 @@ def make_trainer(
             name=name,
             storage_path=str(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # the controller's and workers' own INFO lines (resources requested, group started, each
+            # report) are in the run's Ray Train log files; the console keeps warnings and errors
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+def rank0_print(text: str) -> None:
+    """One line on the driver's console, from rank 0. Ray Train patches print() to log each line
+    through the root logger and, where Ray has wrapped sys.stdout, to print it as well: the same line
+    twice. The process's own stdout takes it once."""
+    if rank() == 0:
+        print(text, file=sys.__stdout__, flush=True)
 
 
 def start_worker(torch_threads: int = 0) -> torch.device:

@@ -29,7 +29,14 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from jobs.worker.runtime import forward_in_lockstep, lockstep, padding_batch, sharded_from, start_worker
+from jobs.worker.runtime import (
+    forward_in_lockstep,
+    lockstep,
+    padding_batch,
+    rank0_print,
+    sharded_from,
+    start_worker,
+)
 from mtl_rec.calibration import LogitHistogram
 from mtl_rec.checkpoint import CheckpointMismatch, load_checkpoint, published_checkpoint, save_checkpoint
 from mtl_rec.config.features import SPEC_FILE, FeatureSpec, spec_yaml
@@ -105,8 +112,8 @@ def train_worker(inputs: WorkerInputs) -> None:
         sharded, weighting, run_dir, inputs.train_files, cfg.train.epochs, plan_json, cfg.train.audit_ids
     )
     warm_start = _warm_start(sharded, weighting, inputs.init_from, plan_json) if run.step == 0 else None
-    if rank() == 0 and run.resumed_from:
-        print(f"[rank 0] resumed from the checkpoint at {run.resumed_from}", flush=True)
+    if run.resumed_from:
+        rank0_print(f"[rank 0] resumed from the checkpoint at {run.resumed_from}")
 
     def checkpoint() -> None:
         manifest = {"world_size": world_size(), "done": run.done}
@@ -140,14 +147,8 @@ def train_worker(inputs: WorkerInputs) -> None:
     stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation, cfg.train.validation_metric)
     stop = lambda: cfg.train.max_steps and run.step >= cfg.train.max_steps  # noqa: E731
     every = cfg.train.checkpoint_every
-    bar = tqdm(  # mininterval: through Ray's log relay every refresh is a line of its own
-        total=inputs.train_rows * cfg.train.epochs,
-        unit="rows",
-        desc="train",
-        disable=rank() != 0,
-        mininterval=5.0,
-    )
-    bar.update(run.position.rows)
+    consumed = run.position.consumed  # [m, 2] rows of this epoch trained before a restart
+    bar = _epoch_bar(run.epoch, inputs, int((consumed[:, 1] - consumed[:, 0]).sum()))
     prebuilt = list(epoch_batches(0)) if cfg.train.prebuilt_batches else None
     rows_at_start, start = run.position.rows, time.perf_counter()
     while not run.done and not stop():
@@ -165,6 +166,7 @@ def train_worker(inputs: WorkerInputs) -> None:
                 run.record(result.batch, result.global_rows)
             else:
                 run.count_padding_step(result.global_rows)
+            bar.total = max(bar.total, bar.n + result.global_rows)  # the hold-outs' share is approximate
             bar.update(result.global_rows)
             if run.step % cfg.train.log_every == 0:
                 entry = _history_entry(result, run, rows_at_start, time.perf_counter() - start)
@@ -173,6 +175,7 @@ def train_worker(inputs: WorkerInputs) -> None:
             if every and run.step % every == 0 and not stop():
                 checkpoint()
         if not stop():
+            bar.close()
             run.end_epoch()  # the epoch's rows are all trained: the next epoch reads every row
             if cfg.train.validation_fraction:
                 validation = evaluate(sharded.model, inputs, padding, device, dataset="valid")
@@ -185,6 +188,8 @@ def train_worker(inputs: WorkerInputs) -> None:
                     run.position.epoch = cfg.train.epochs  # done: no better epoch for `patience` epochs
             if every and not run.done:
                 checkpoint()
+            if not run.done:
+                bar = _epoch_bar(run.epoch, inputs)
     run.position.epoch = max(run.epoch, cfg.train.epochs)  # max_steps ends training early: done
     train_seconds = time.perf_counter() - start
     bar.close()
@@ -226,10 +231,9 @@ def calibrate(sharded, inputs: WorkerInputs, padding, device) -> dict:
         histogram.update(outputs, batch)
     fits = histogram.fit()  # the same on every rank
     sharded.module.heads.calibrate({task: (fit.scale, fit.shift) for task, fit in fits.items()})
-    if rank() == 0:
-        print("[rank 0] calibration: " + ", ".join(f"{task} {fit.scale:.3f} x logit {fit.shift:+.3f} "
-              f"(validation pred/obs {fit.pred_over_obs_before:.3f} -> {fit.pred_over_obs_after:.3f})"
-              for task, fit in fits.items() if fit.pred_over_obs_before is not None), flush=True)  # fmt: skip
+    rank0_print("[rank 0] calibration: " + ", ".join(f"{task} {fit.scale:.3f} x logit {fit.shift:+.3f} "
+                f"(validation pred/obs {fit.pred_over_obs_before:.3f} -> {fit.pred_over_obs_after:.3f})"
+                for task, fit in fits.items() if fit.pred_over_obs_before is not None))  # fmt: skip
     return {task: asdict(fit) for task, fit in fits.items()}
 
 
@@ -292,15 +296,28 @@ def _publish_plan(plan, run_dir: Path) -> str:
     (folder / f"rank{rank()}.json").write_text(json.dumps(info))
     if rank() == 0:
         (run_dir / "plan.json").write_text(plan_json)
-        print(f"[rank 0] {describe_plan(plan, world_size())}; shards in {run_dir / 'plan.json'}", flush=True)
+        rank0_print(f"[rank 0] {describe_plan(plan, world_size())}; shards in {run_dir / 'plan.json'}")
     return plan_json
 
 
+def _epoch_bar(epoch: int, inputs: WorkerInputs, done_rows: int = 0) -> tqdm:
+    """Rank 0's progress over one epoch (early stopping decides how many there are). mininterval:
+    through Ray's log relay every refresh is a line of its own."""
+    bar = tqdm(
+        total=inputs.planned_rows_per_epoch or inputs.train_rows,
+        unit="rows",
+        desc=f"epoch {epoch + 1}",
+        disable=rank() != 0,
+        mininterval=5.0,
+    )
+    bar.update(done_rows)
+    return bar
+
+
 def _print_validation(stopping: EarlyStopping, epoch: int) -> None:
-    if rank() == 0:
-        score, best = stopping.history[-1]["validation_score"], (stopping.best or {}).get("epoch")
-        shown = f"AUC {-score:.5f}" if stopping.metric == "auc" and score is not None else f"NE {score}"
-        print(f"[rank 0] epoch {epoch}: validation {shown} (best epoch {best})", flush=True)
+    score, best = stopping.history[-1]["validation_score"], (stopping.best or {}).get("epoch")
+    shown = f"AUC {-score:.5f}" if stopping.metric == "auc" and score is not None else f"NE {score}"
+    rank0_print(f"[rank 0] epoch {epoch}: validation {shown} (best epoch {best})")
 
 
 def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> dict | None:
@@ -311,8 +328,7 @@ def _warm_start(sharded, weighting, init_from: str | None, plan_json: str) -> di
         loaded = load_checkpoint(sharded, init_from, current_plan_json=plan_json)
         optimizers = "dense_optimizer" in loaded.replicated  # a weights-only checkpoint has none
     except CheckpointMismatch as mismatch:
-        if rank() == 0:
-            print(f"[rank 0] warm start: weights only ({mismatch})", flush=True)
+        rank0_print(f"[rank 0] warm start: weights only ({mismatch})")
         loaded = load_checkpoint(sharded, init_from, weights_only=True)
         optimizers = False
     if "weighting" in loaded.replicated:
