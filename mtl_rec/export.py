@@ -44,6 +44,7 @@ import shutil
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch._inductor
@@ -129,9 +130,11 @@ class TableLookup(nn.Module):
 class ServingModel(nn.Module):
     """Plain tensors in, probabilities out; the trained network in between.
 
-    forward(single, dense, *multi):
+    forward(single, dense, [domain,] *multi):
         single: [B, S] int64 table rows of the single-hot features (spec order)
         dense:  [B, D] float32 scaled dense features
+        domain: [B] int64 each row's domain id, only for a backbone that reads it (STAR, alone or under
+                ESCM2) and a spec with a domain_column (`reads_domain`; the manifest's inputs.domain)
         multi:  values_1 [N_1] int64, offsets_1 [B + 1] int64, values_2, offsets_2, ...: one pair per
                 multi-hot feature (spec order), offsets from 0 (mtl_rec.transform.model_inputs)
         -> [B, T] float32: p of each evaluation target (`targets` order): entire-space chain
@@ -140,11 +143,9 @@ class ServingModel(nn.Module):
 
     def __init__(self, model: MultiTaskModel, spec: FeatureSpec, targets: list[EvalTarget], tables: str):
         super().__init__()
-        if getattr(model.backbone, "reads_batch", False):
-            raise ConfigError(
-                f"model.arch={type(model.backbone).__name__} reads per-row domains from the batch's meta "
-                "columns; exporting it is not supported yet"
-            )
+        # A backbone that reads the batch reads its per-row domain ids (batch.meta[domain_column]):
+        # the program takes them as an input of their own.
+        self.domain_column = spec.domain_column if getattr(model.backbone, "reads_batch", False) else ""
         self.model = model
         bags = model.sparse_arch.ebc.embedding_bags
         self.tables = nn.ModuleDict({name: TableLookup(bags[name].weight, tables) for name in spec.tables})
@@ -154,7 +155,15 @@ class ServingModel(nn.Module):
         self.targets = list(targets)
         del self.model.sparse_arch  # its tables live in self.tables now (and only there)
 
-    def forward(self, single: Tensor, dense: Tensor, *multi: Tensor) -> Tensor:
+    @property
+    def reads_domain(self) -> bool:
+        return bool(self.domain_column)
+
+    def forward(self, single: Tensor, dense: Tensor, *rest: Tensor) -> Tensor:
+        batch, multi = None, rest
+        if self.reads_domain:
+            batch = SimpleNamespace(meta={self.domain_column: rest[0]})  # [B] ids, as a Batch carries them
+            multi = rest[1:]
         pooled = {}
         for j, (name, table) in enumerate(self.single):
             pooled[name] = self.tables[table](single[:, j])  # [B] -> [B, D_k]; a bag of one id is its row
@@ -164,28 +173,35 @@ class ServingModel(nn.Module):
             positions = torch.arange(values.shape[0], device=values.device)  # [N]
             pooled[name] = F.embedding_bag(positions, rows, offsets, mode=mode, include_last_offset=True)
         x = torch.cat([pooled[name] for name in self.order], dim=1)  # K x [B, D_k] -> [B, sum_k D_k]
-        outputs = self.model.forward_pooled(x, dense)  # -> TaskOutputs of {task: [B]}
+        outputs = self.model.forward_pooled(x, dense, batch)  # -> TaskOutputs of {task: [B]}
         return torch.stack([t.predictions(outputs).float() for t in self.targets], dim=1)  # -> [B, T]
 
 
-def example_inputs(spec: FeatureSpec, batch: int = 4) -> tuple[tuple[Tensor, ...], tuple]:
-    """(inputs, dynamic_shapes) for torch.export: a batch of `batch` rows of id 0, every multi-hot
-    list two long; the batch and every list's total length dynamic."""
+def example_inputs(
+    spec: FeatureSpec, batch: int = 4, domain: bool = False
+) -> tuple[tuple[Tensor, ...], tuple]:
+    """(inputs, dynamic_shapes) for torch.export: a batch of `batch` rows of id 0 (and domain 0), every
+    multi-hot list two long; the batch and every list's total length dynamic."""
     single = sum(1 for f in spec.sparse if not f.multi_hot)
     rows = Dim("rows", min=MIN_ROWS, max=MAX_ROWS)
     inputs: list[Tensor] = [torch.zeros(batch, single, dtype=torch.int64), torch.zeros(batch, spec.num_dense)]
     shapes: list = [{0: rows}, {0: rows}]
+    varargs: list = [{0: rows}] if domain else []  # forward's *rest: the domain ids first
+    if domain:
+        inputs.append(torch.zeros(batch, dtype=torch.int64))
     multi_shapes = []
     for k, feature in enumerate(f for f in spec.sparse if f.multi_hot):
         inputs += [torch.zeros(2 * batch, dtype=torch.int64), torch.arange(0, 2 * batch + 1, 2)]
         multi_shapes += [{0: Dim(f"ids_{k}_{feature.name}", min=0, max=64 * MAX_ROWS)}, {0: rows + 1}]
-    # forward's *multi gets one tuple of shapes; a spec with no multi-hot feature passes no varargs at
-    # all, and torch.export then wants no entry for them (an empty tuple is an arity mismatch).
-    return tuple(inputs), (*shapes, tuple(multi_shapes)) if multi_shapes else tuple(shapes)
+    # forward's *rest gets one tuple of shapes; a program with no domain and no multi-hot feature takes
+    # no varargs at all, and torch.export then wants no entry for them (an empty tuple is an arity
+    # mismatch).
+    varargs += multi_shapes
+    return tuple(inputs), (*shapes, tuple(varargs)) if varargs else tuple(shapes)
 
 
 def export_program(serving: ServingModel, spec: FeatureSpec) -> torch.export.ExportedProgram:
-    inputs, shapes = example_inputs(spec)
+    inputs, shapes = example_inputs(spec, domain=serving.reads_domain)
     with torch.no_grad():
         return torch.export.export(serving, inputs, dynamic_shapes=shapes)
 
@@ -244,6 +260,7 @@ def export_run(run_dir: Path, out_dir: Path, tables: str = "float32", compile: b
             "single": [name for name, _ in serving.single],
             "multi": [name for name, _, _ in serving.multi],
             "dense": list(spec.dense_names),
+            "domain": serving.domain_column or None,  # given after dense, when the program reads it
             "columns": spec.model_columns(),
         },
         "files": {name: sha256_file(staging / name) for name in files},

@@ -179,12 +179,14 @@ class Predictor:
         if rows < MIN_ROWS:  # the program's smallest batch: the row again, its copy's scores dropped
             table = pa.concat_tables([table] * MIN_ROWS)
         inputs = model_inputs(table, self.spec, self.stats)
-        multi = [
+        rest = [
             torch.from_numpy(a) for pair in inputs.multi for a in pair
         ]  # values_k [N_k], offsets_k [B + 1]
+        if self.manifest["inputs"].get("domain"):  # a program that reads each row's domain: [B] ids first
+            rest.insert(0, torch.from_numpy(inputs.domain))
         with torch.no_grad():
             probabilities = self.program(
-                torch.from_numpy(inputs.single), torch.from_numpy(inputs.dense), *multi
+                torch.from_numpy(inputs.single), torch.from_numpy(inputs.dense), *rest
             )
         probabilities = probabilities.numpy()[:rows]  # [B, T]
         return {name: probabilities[:, j] for j, name in enumerate(self.targets)}

@@ -206,11 +206,13 @@ class ModelInputs:
     single: [B, S] int64 table rows of the single-hot features, spec order
     multi:  per multi-hot feature in spec order, (values [N_k] int64, offsets [B + 1] int64)
     dense:  [B, D] float32, transformed and scaled
+    domain: [B] int64 each row's domain id (spec.domain_column), or None
     """
 
     single: np.ndarray
     multi: tuple[tuple[np.ndarray, np.ndarray], ...]
     dense: np.ndarray
+    domain: np.ndarray | None = None  # [B] int64 domain ids, where the spec has a domain_column
 
 
 def model_inputs(table: pa.Table, spec: FeatureSpec, stats: FeatureStats) -> ModelInputs:
@@ -223,4 +225,5 @@ def model_inputs(table: pa.Table, spec: FeatureSpec, stats: FeatureStats) -> Mod
         else:
             multi.append((values, offsets.astype(np.int64)))
     rows = np.stack(single, axis=1) if single else np.zeros((table.num_rows, 0), np.int64)  # [B, S]
-    return ModelInputs(rows, tuple(multi), dense_matrix(table, spec, stats))
+    domain = filled(table[spec.domain_column], 0).astype(np.int64) if spec.domain_column else None  # [B]
+    return ModelInputs(rows, tuple(multi), dense_matrix(table, spec, stats), domain)

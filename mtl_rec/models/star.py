@@ -229,6 +229,8 @@ class STAR(nn.Module):
             )
         values = meta[self.domain_column]  # [B]; the padding batch carries float zeros
         domain = values.long()  # [B]
+        if torch.compiler.is_exporting():  # serving checks the column before the program runs (transform)
+            return domain
         bad = (domain < 0) | (domain >= self.num_domains) | (domain.to(values.dtype) != values)  # [B] bool
         if bool(bad.any()):
             wrong = values[bad]

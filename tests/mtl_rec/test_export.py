@@ -267,31 +267,44 @@ CLICK_SPACE_TASKS = [  # for backbones whose params name tasks of their own (AIT
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_every_backbone_exports_and_serves_what_it_computes_in_training(arch, tmp_path):
     """Each registered backbone with its default params (an ESMM chain on top where the backbone
-    allows one): the export's scores on raw rows equal the training path's, one row included; STAR,
-    which reads per-row domains from the batch, is refused with a message naming it."""
-    spec = tiny_spec()
+    allows one): the export's scores on raw rows equal the training path's, one row included. STAR
+    runs on 3 domains (the spec's `scene` column), with its per-domain weights moved off their equal
+    start, so a program that ignored or mixed up the rows' domains would score differently."""
+    spec, model_cfg, rows = tiny_spec(), {"arch": arch}, tiny_table(32, seed=4)
+    if arch == "star":
+        spec = replace(spec, domain_column="scene", num_domains=3)
+        model_cfg["params"] = {"num_domains": 3, "domain_column": "scene"}
+        rows = rows.append_column("scene", pa.array(np.arange(32) % 3, pa.int64()))
     try:
-        cfg = from_dict(
-            RunConfig, {"model": {"arch": arch}, "tasks": CHAIN_TASKS, "sharding": {"tables": {}}}
-        )
+        cfg = from_dict(RunConfig, {"model": model_cfg, "tasks": CHAIN_TASKS, "sharding": {"tables": {}}})
     except ConfigError:
         cfg = from_dict(
-            RunConfig, {"model": {"arch": arch}, "tasks": CLICK_SPACE_TASKS, "sharding": {"tables": {}}}
+            RunConfig, {"model": model_cfg, "tasks": CLICK_SPACE_TASKS, "sharding": {"tables": {}}}
         )
     torch.manual_seed(0)
     model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu").eval()
-    stats = _saved_run(tmp_path / "run", model, cfg, spec)
     if arch == "star":
-        with pytest.raises(ConfigError, match="STAR reads per-row domains"):
-            export_run(tmp_path / "run", tmp_path / "model")
-        return
-    export_run(tmp_path / "run", tmp_path / "model")
-    predictor, rows = Predictor(tmp_path / "model"), tiny_table(32, seed=4)
+        with torch.no_grad():
+            for param in model.backbone.parameters():
+                param.add_(0.3 * torch.randn_like(param))
+    stats = _saved_run(tmp_path / "run", model, cfg, spec)
+    manifest = export_run(tmp_path / "run", tmp_path / "model")
+    assert manifest["inputs"]["domain"] == ("scene" if arch == "star" else None)
+    predictor = Predictor(tmp_path / "model")
     served, trained = predictor.predict(rows), _training_path(rows, model, spec, stats, cfg)
     single = predictor.predict(rows.slice(7, 1))
     for name in predictor.targets:
         assert_float32_close(served[name], trained[name], PREDICTION_ULPS, msg=name)
         assert_float32_close(single[name], trained[name][7:8], PREDICTION_ULPS, msg=f"{name}, one row")
+    if arch == "star":  # the same rows in other domains: other scores
+        moved = rows.set_column(
+            rows.schema.get_field_index("scene"), "scene", pa.array((np.arange(32) + 1) % 3)
+        )
+        assert not np.allclose(predictor.predict(moved)["ctr"], served["ctr"])
+        with pytest.raises(InvalidRowsError, match="scene: domain null or not in \\[0, 3\\)"):
+            predictor.predict(
+                rows.set_column(rows.schema.get_field_index("scene"), "scene", pa.array([3] * 32))
+            )
 
 
 def test_a_spec_without_multi_hot_features_or_row_columns_exports_and_serves(tmp_path):
