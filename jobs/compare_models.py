@@ -34,7 +34,7 @@ from pathlib import Path
 from jobs.compare_weighting import default_dates
 from mtl_rec.config.loader import ConfigError, apply_overrides, load_yaml
 from mtl_rec.config.model import parse_tasks
-from mtl_rec.config.run import RunConfig
+from mtl_rec.config.run import RunConfig, features_path
 from mtl_rec.run_config import run_config_from_dict
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -52,6 +52,7 @@ def arch_config(arch: str, base: str | Path, overrides: Sequence[str]) -> tuple[
     those do not fit: compare it on a base it supports (its preset).
     """
     data = load_yaml(base)
+    data["features"] = features_path(base, data, overrides)  # as jobs.train reads the base
     preset_path = CONFIGS / f"{arch}.yaml"
     preset = load_yaml(preset_path) if preset_path.is_file() else None
     if preset is None or preset.get("model", {}).get("arch") != arch:

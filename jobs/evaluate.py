@@ -75,7 +75,8 @@ from jobs.report.render import render_html, render_markdown
 from jobs.report.score import RunArtifacts, load_run, score_runs
 from jobs.report.store import PredictionStore, merge_scores
 from jobs.train import start_ray
-from pipelines.read import file_row_ids, inspect_logs, list_partitions, parse_dates
+from pipelines.read import inspect_logs, list_partitions, parse_dates
+from pipelines.row_ids import file_row_ids
 from pipelines.split import HoldoutSplit
 from pipelines.validate import quarantine_summary
 

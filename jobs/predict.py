@@ -42,7 +42,8 @@ from mtl_rec.config.features import ROW_ID_COLUMN
 from mtl_rec.serve import InvalidRowsError, Predictor
 from mtl_rec.transform import describe_failures
 from pipelines.errors import BadInputError, BadRowsError
-from pipelines.read import LogFile, days_since_1970, inspect_logs, parse_dates, readable_blocks, row_ids
+from pipelines.read import LogFile, inspect_logs, parse_dates, readable_blocks
+from pipelines.row_ids import block_row_ids, days_since_1970
 from pipelines.validate import REASON_COLUMN
 
 SUMMARY = "PREDICTED.json"
@@ -65,8 +66,8 @@ def _score_file(
     try:
         for block in readable_blocks(path, columns, batch_rows):
             if derive_ids:  # logs without an id column: the ids training and jobs.evaluate derive
-                rows = np.arange(counts["rows"], counts["rows"] + block.num_rows)  # [n] rows in the file
-                ids = row_ids(days_since_1970(log_file.date), log_file.ordinal, rows)  # [n]
+                day = days_since_1970(log_file.date)
+                ids = block_row_ids(day, log_file.ordinal, counts["rows"], block.num_rows)  # [n]
                 block = block.append_column(ROW_ID_COLUMN, pa.array(ids))
             scored, set_aside = _score_block(predictor, block, path, quarantine is not None)
             if set_aside is not None:

@@ -146,6 +146,8 @@ class ServingModel(nn.Module):
         # A backbone that reads the batch reads its per-row domain ids (batch.meta[domain_column]):
         # the program takes them as an input of their own.
         self.domain_column = spec.domain_column if getattr(model.backbone, "reads_batch", False) else ""
+        if self.domain_column:
+            _check_domains(model.backbone, spec)
         self.model = model
         bags = model.sparse_arch.ebc.embedding_bags
         self.tables = nn.ModuleDict({name: TableLookup(bags[name].weight, tables) for name in spec.tables})
@@ -175,6 +177,21 @@ class ServingModel(nn.Module):
         x = torch.cat([pooled[name] for name in self.order], dim=1)  # K x [B, D_k] -> [B, sum_k D_k]
         outputs = self.model.forward_pooled(x, dense, batch)  # -> TaskOutputs of {task: [B]}
         return torch.stack([t.predictions(outputs).float() for t in self.targets], dim=1)  # -> [B, T]
+
+
+def _check_domains(backbone: nn.Module, spec: FeatureSpec) -> None:
+    """The exported program gets the spec's domain column, whose ids the Predictor checks against the
+    spec's num_domains: the backbone that reads them (STAR, or STAR under ESCM2) must read that column
+    and hold weights for that many domains, or a row that passes the checks indexes past them."""
+    while not hasattr(backbone, "num_domains") and hasattr(backbone, "backbone"):
+        backbone = backbone.backbone  # ESCM2 wraps the backbone that reads the batch
+    column, domains = getattr(backbone, "domain_column", None), getattr(backbone, "num_domains", None)
+    if column != spec.domain_column or domains is None or domains < spec.num_domains:
+        raise ConfigError(
+            f"model.arch={type(backbone).__name__} reads domain column {column!r} with {domains} domains, "
+            f"the feature spec has {spec.domain_column!r} with {spec.num_domains}: serving checks rows "
+            "against the spec's, so set model.params.domain_column and num_domains to match"
+        )
 
 
 def example_inputs(

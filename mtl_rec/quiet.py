@@ -129,7 +129,10 @@ RAY_TRAIN_REPORTS = ("ray.train.v2._internal.execution.context", "Reporting trai
 def quiet_libraries() -> None:
     """Apply the filters above in this process (idempotent; call in every worker process)."""
     module, prefix, level = RAY_TRAIN_REPORTS
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # another Ray Train layout: nothing to filter
+        spec = None
     if spec is not None and spec.origin:
         _drop(spec.origin, prefix, level)
     for category, module, message in BENIGN_WARNINGS:

@@ -32,6 +32,7 @@ from mtl_rec.config.features import ROW_ID_COLUMN
 from mtl_rec.data_position import POSITION_COLUMN, DataPosition, contains, encode_positions
 from pipelines.errors import BadInputError
 from pipelines.ids import DUPLICATE_COLUMN, PARTITION_DAY_COLUMN, IdAudit, audit_ids, duplicates_error
+from pipelines.row_ids import block_row_ids, days_since_1970, row_id_problem
 
 
 def parse_dates(text: str | Sequence[str]) -> list[dt.date]:
@@ -61,54 +62,7 @@ class LogFile:
     path: str
     date: dt.date
     rows: int
-    ordinal: int = 0  # its place among the data files of its date folder, in name order (row_ids)
-
-
-# Logs without an id column (spec id_column: ""): a row's id is where it sits, which is the same in
-# every inventory that reads the file (training, evaluation, prediction), and unique by construction:
-#     id = days since 1970 << 42 | ordinal of the file in its date folder << 30 | row in the file
-ROW_ID_DAY_SHIFT, ROW_ID_FILE_SHIFT = 42, 30
-MAX_ROW_ID_FILES, MAX_ROW_ID_ROWS = 1 << (ROW_ID_DAY_SHIFT - ROW_ID_FILE_SHIFT), 1 << ROW_ID_FILE_SHIFT
-
-
-def row_ids(day: int, ordinal: int, rows: np.ndarray) -> np.ndarray:
-    """[n] row indices within one file -> [n] int64 derived ids (see above); day: days since 1970.
-
-    Example::
-
-        >>> row_ids(20_000, 1, np.arange(3)) == (20_000 << 42 | 1 << 30) + np.arange(3)
-        array([ True,  True,  True])
-    """
-    if not (0 <= day < 1 << (63 - ROW_ID_DAY_SHIFT) and 0 <= ordinal < MAX_ROW_ID_FILES):
-        raise ValueError(f"no derived row id for day {day}, file ordinal {ordinal}")
-    base = np.int64(day) << np.int64(ROW_ID_DAY_SHIFT) | np.int64(ordinal) << np.int64(ROW_ID_FILE_SHIFT)
-    return base | rows.astype(np.int64, copy=False)  # [n]
-
-
-def days_since_1970(date: dt.date) -> int:
-    return (date - dt.date(1970, 1, 1)).days
-
-
-def file_row_ids(log_file: LogFile, spec: FeatureSpec) -> pa.Table:
-    """One file's row ids, as a table of the one column spec.row_id_column: read, or derived (row_ids)."""
-    if spec.id_column:
-        return pq.read_table(log_file.path, columns=[spec.id_column])
-    ids = row_ids(days_since_1970(log_file.date), log_file.ordinal, np.arange(log_file.rows))  # [rows]
-    return pa.table({ROW_ID_COLUMN: ids})
-
-
-def _row_id_problem(log_file: LogFile, rows: int) -> str | None:
-    """Why a file of logs without an id column cannot have derived row ids, or None."""
-    if log_file.ordinal >= MAX_ROW_ID_FILES:
-        return (
-            f"the logs have no id column, and a derived row id allows at most {MAX_ROW_ID_FILES:,} "
-            "files per date folder (this is a later one)"
-        )
-    if rows >= MAX_ROW_ID_ROWS:
-        return (
-            f"the logs have no id column, and a derived row id allows at most {MAX_ROW_ID_ROWS:,} rows a file"
-        )
-    return None
+    ordinal: int = 0  # its place among the data files of its date folder, in name order (pipelines.row_ids)
 
 
 @dataclass
@@ -123,7 +77,7 @@ class LogInventory:
     ids: IdAudit = field(default_factory=lambda: IdAudit(checked=False))  # duplicates (pipelines.ids)
     # column -> (type, first file that had it): what a later inventory must match (inspect_logs' like=)
     types: dict = field(default_factory=dict)
-    derive_row_ids: bool = False  # the logs have no id column: the reader derives each row's (row_ids)
+    derive_row_ids: bool = False  # no id column in the logs: the reader derives ids (pipelines.row_ids)
 
     @property
     def rows(self) -> int:
@@ -256,7 +210,7 @@ def inspect_logs(
         if problem is None:
             problem = _schema_problem(schema, expected, reference, candidate.path)
         if problem is None and not spec.id_column:
-            problem = _row_id_problem(candidate, rows)
+            problem = row_id_problem(candidate, rows)
         if problem is None and columns is None:
             file_truth = sorted(n for n in schema.names if n.startswith(spec.truth_prefix))
             if truth is None:
@@ -372,11 +326,13 @@ def _read_and_prepare(
     minus the rows a saved data position says were already trained on, then `prepare`d.
     duplicates: [m, 2] position intervals of rows repeating an earlier id (pipelines.ids): marked in
     DUPLICATE_COLUMN, which validation turns into a bad row. derive_row_ids: the logs have no id
-    column; each row gets its derived id (row_ids) in ROW_ID_COLUMN, before the split hashes it."""
+    column; each row gets its derived id (pipelines.row_ids) in ROW_ID_COLUMN, before the split hashes it."""
     saved = DataPosition.load(position_file) if position_file else None
     if saved is not None:
         saved.check_files(list(all_paths), position_file)
-    days, ordinals = files.get("day", files["index"]), files.get("ordinal", np.zeros_like(files["index"]))
+    days = files.get("day", files["index"])
+    # derived ids need each file's ordinal in its folder: no default there (ids would collide)
+    ordinals = files["ordinal"] if derive_row_ids else files.get("ordinal", np.zeros_like(files["index"]))
     for path, file_index, day, ordinal in zip(files["path"], files["index"], days, ordinals):
         offset = 0
         for table in readable_blocks(str(path), columns, rows_per_block):
@@ -384,8 +340,8 @@ def _read_and_prepare(
             offset += table.num_rows
             table = table.append_column(POSITION_COLUMN, pa.array(positions, pa.int64()))
             if derive_row_ids:
-                rows = np.arange(offset - table.num_rows, offset)  # [n] rows within the file
-                table = table.append_column(ROW_ID_COLUMN, pa.array(row_ids(int(day), int(ordinal), rows)))
+                ids = block_row_ids(int(day), int(ordinal), offset - table.num_rows, table.num_rows)  # [n]
+                table = table.append_column(ROW_ID_COLUMN, pa.array(ids))
             if "day" in files:  # the partition's date, for the timestamp check (pipelines.validate)
                 table = table.append_column(PARTITION_DAY_COLUMN, pa.array(np.full(table.num_rows, day)))
             if duplicates is not None and duplicates.shape[0]:

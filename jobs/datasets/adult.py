@@ -33,7 +33,7 @@ vocabulary-size rows; 6 numeric columns are dense features, log1p before scaling
 
 The data has no row ids, no users and no timestamps, and the files invent none: the spec's
 `id_column`, `time_column` and `group_key` are "" (mtl_rec.config.FeatureSpec). Each row's id is
-derived from its file and row (pipelines.read.row_ids), nothing checks times, and the report has no
+derived from its file and row (pipelines.row_ids), nothing checks times, and the report has no
 GAUC (every person is their own group; its bootstrap resamples people).
 """
 
@@ -245,7 +245,7 @@ def write_presets(out: Path, spec_path: Path) -> dict[str, str]:
         preset = yaml.safe_load(text)
         if "features" not in preset:
             raise RuntimeError(f"{PRESETS_DIR / name}.yaml has no `features:` key to point at the spec")
-        where = spec_path.relative_to(out) if spec_path.parent == out else spec_path
+        where = os.path.relpath(spec_path, out)  # presets read `features:` from their own folder
         lines = [f"features: {where}" if line.startswith("features:") else line for line in text.splitlines()]
         (out / f"{name}.yaml").write_text("\n".join(lines) + "\n")
         written[name] = str(out / f"{name}.yaml")

@@ -147,8 +147,7 @@ def train_worker(inputs: WorkerInputs) -> None:
     stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation, cfg.train.validation_metric)
     stop = lambda: cfg.train.max_steps and run.step >= cfg.train.max_steps  # noqa: E731
     every = cfg.train.checkpoint_every
-    consumed = run.position.consumed  # [m, 2] rows of this epoch trained before a restart
-    bar = _epoch_bar(run.epoch, inputs, int((consumed[:, 1] - consumed[:, 0]).sum()))
+    bar = _epoch_bar(run.epoch, inputs, run.position.consumed_rows, shown=not run.done)
     prebuilt = list(epoch_batches(0)) if cfg.train.prebuilt_batches else None
     rows_at_start, start = run.position.rows, time.perf_counter()
     while not run.done and not stop():
@@ -300,14 +299,15 @@ def _publish_plan(plan, run_dir: Path) -> str:
     return plan_json
 
 
-def _epoch_bar(epoch: int, inputs: WorkerInputs, done_rows: int = 0) -> tqdm:
-    """Rank 0's progress over one epoch (early stopping decides how many there are). mininterval:
-    through Ray's log relay every refresh is a line of its own."""
+def _epoch_bar(epoch: int, inputs: WorkerInputs, done_rows: int = 0, shown: bool = True) -> tqdm:
+    """Rank 0's progress over one epoch (early stopping decides how many there are); done_rows: the
+    epoch's rows trained before a restart; shown=False for a resumed run that is already done.
+    mininterval: through Ray's log relay every refresh is a line of its own."""
     bar = tqdm(
         total=inputs.planned_rows_per_epoch or inputs.train_rows,
         unit="rows",
         desc=f"epoch {epoch + 1}",
-        disable=rank() != 0,
+        disable=rank() != 0 or not shown,
         mininterval=5.0,
     )
     bar.update(done_rows)

@@ -77,7 +77,7 @@ class DenseFeature:
             object.__setattr__(self, "column", self.name)
 
 
-ROW_ID_COLUMN = "_row_id"  # the derived id of logs without an id column (pipelines.read.row_ids)
+ROW_ID_COLUMN = "_row_id"  # the derived id of logs without an id column (pipelines.row_ids)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class FeatureSpec:
     funnel: tuple[str, ...] = ()  # ordered stages, each implying the one before (click, cart, conversion)
     date_column: str = "dt"
     # The three row columns are optional: "" says the logs have no such thing (a public tabular set).
-    # No id: each row's id is derived from its file and row (ROW_ID_COLUMN, pipelines.read.row_ids),
+    # No id: each row's id is derived from its file and row (ROW_ID_COLUMN, pipelines.row_ids),
     # and there are no duplicates to audit. No time: no timestamp checks. No group key: no GAUC.
     id_column: str = "request_id"
     time_column: str = "ts"

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import yaml
+
 from mtl_rec.config.data import DataConfig
 from mtl_rec.config.features import FeatureSpec, load_feature_spec
 from mtl_rec.config.loader import ConfigError, apply_overrides, from_dict, load_yaml
@@ -181,7 +183,7 @@ class RunConfig:
 
     model: ModelConfig
     tasks: tuple[TaskConfig, ...]
-    features: str = "jobs/configs/features.yaml"  # read_run_config resolves it (_features_path)
+    features: str = "jobs/configs/features.yaml"  # read_run_config resolves it (features_path)
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     sharding: ShardingConfig = ShardingConfig()
@@ -195,13 +197,16 @@ class RunConfig:
 FEATURES_BESIDE = "features.yaml"  # the spec a config without `features:` reads, in its own folder
 
 
-def _features_path(path: Path, written: dict, data: dict, overrides: Sequence[str]) -> str:
-    """Where the feature spec of the config at `path` is. A relative `features:` in the file is read
-    from the file's folder (a config and its spec move together); one given as a `--set` override,
-    from the working directory (as every command-line path); none at all: the features.yaml beside
-    the config, which must exist (never a silent fall back to the demo's spec)."""
-    if any(o.partition("=")[0] == "features" for o in overrides):
-        return str(data["features"])
+def features_path(path: str | Path, written: dict, overrides: Sequence[str] = ()) -> str:
+    """Where the feature spec of the config file at `path` (its YAML: `written`) is. A relative
+    `features:` in the file is read from the file's folder (a config and its spec move together);
+    one given as a `--set` override, from the working directory (as every command-line path); none
+    at all: the features.yaml beside the config, which must exist (never a silent fall back to the
+    demo's spec)."""
+    path = Path(path)
+    given = [value for key, _, value in (o.partition("=") for o in overrides) if key == "features"]
+    if given:
+        return str(yaml.safe_load(given[-1]))
     if "features" in written:
         features = Path(str(written["features"]))
         return str(features if features.is_absolute() else path.parent / features)
@@ -220,7 +225,7 @@ def read_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
     mtl_rec.run_config.load_run_config, which calls this."""
     written = load_yaml(path)
     data = apply_overrides(written, list(overrides))
-    data["features"] = _features_path(Path(path), written, data, overrides)
+    data["features"] = features_path(path, written, overrides)
     weighting = data.get("weighting")
     if isinstance(weighting, dict):  # the flat form `{method: dwa, window: 50}` puts params beside method
         flat = {k: v for k, v in weighting.items() if k not in ("method", "params", "groups")}

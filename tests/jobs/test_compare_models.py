@@ -82,6 +82,21 @@ def test_arch_configs_take_the_preset_model_or_the_default_params():
     ]
 
 
+def test_a_base_reads_its_spec_as_jobs_train_does(tmp_path, monkeypatch):
+    """The base's `features:` is read from its own folder, or the features.yaml beside it: never the
+    working directory's demo spec."""
+    base = tmp_path / "project" / "base.yaml"
+    base.parent.mkdir()
+    data = yaml.safe_load(Path(BASE).read_text())
+    base.write_text(yaml.safe_dump({k: v for k, v in data.items() if k != "features"}))
+    spec = {**TINY_SPEC, "labels": ["click", "cart", "conversion"]}
+    (base.parent / "features.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(Path(BASE).resolve().parents[2])  # the repository: jobs/configs/features.yaml is here
+    cfg, _ = arch_config("omoe", base, [])
+    assert Path(cfg.features) == base.parent / "features.yaml"
+    assert parameter_counts(cfg)["embedding"] == (1000 + 50 + 3) * 4  # the tiny spec's tables
+
+
 def test_a_preset_naming_other_tasks_falls_back_to_default_params(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs.compare_models, "CONFIGS", tmp_path)
     preset = {

@@ -330,3 +330,18 @@ def test_a_spec_without_multi_hot_features_or_row_columns_exports_and_serves(tmp
     )
     for name in served:
         assert_float32_close(served[name], trained[name], PREDICTION_ULPS, msg=name)
+
+
+def test_star_whose_domains_do_not_cover_the_specs_is_refused(tmp_path):
+    """Serving checks domain ids against the spec's num_domains: a STAR holding weights for fewer
+    domains (or reading another column) would index past them, so the export refuses it."""
+    spec = replace(tiny_spec(), domain_column="scene", num_domains=3)
+    params = {"num_domains": 2, "domain_column": "scene"}
+    cfg = from_dict(
+        RunConfig,
+        {"model": {"arch": "star", "params": params}, "tasks": CHAIN_TASKS, "sharding": {"tables": {}}},
+    )
+    model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu").eval()
+    _saved_run(tmp_path / "run", model, cfg, spec)
+    with pytest.raises(ConfigError, match="'scene' with 2 domains, the feature spec has 'scene' with 3"):
+        export_run(tmp_path / "run", tmp_path / "model")

@@ -13,17 +13,10 @@ import pytest
 
 from mtl_rec.config import DenseStats, FeatureStats, SampleSpace
 from mtl_rec.config.features import ROW_ID_COLUMN
-from pipelines.errors import BadRowsError
+from pipelines.errors import BadInputError, BadRowsError
 from pipelines.prepare import prepare_block
-from pipelines.read import (
-    ROW_ID_FILE_SHIFT,
-    _read_and_prepare,
-    days_since_1970,
-    file_row_ids,
-    inspect_logs,
-    read_items,
-    row_ids,
-)
+from pipelines.read import _read_and_prepare, inspect_logs, read_items
+from pipelines.row_ids import FILE_SHIFT, block_row_ids, days_since_1970, file_row_ids
 from pipelines.split import HoldoutSplit
 from tests.pipelines.tables import tiny_spec, tiny_table
 
@@ -67,11 +60,11 @@ def test_rows_get_ids_from_their_file_and_row_and_no_row_column_is_read_or_check
 
     read = _prepared(inventory, spec)
     expected = np.concatenate(
-        [row_ids(days_since_1970(f.date), f.ordinal, np.arange(f.rows)) for f in inventory.files]
+        [block_row_ids(days_since_1970(f.date), f.ordinal, 0, f.rows) for f in inventory.files]
     )
     np.testing.assert_array_equal(read["id"].to_numpy(), expected)  # in file order, every row once
     assert np.unique(expected).size == inventory.rows == 2000
-    assert expected[700] == days_since_1970(DAYS[0]) << 42 | 1 << ROW_ID_FILE_SHIFT  # file 1, row 0
+    assert expected[700] == days_since_1970(DAYS[0]) << 42 | 1 << FILE_SHIFT  # file 1, row 0
     assert not {"meta.ts", "meta.user_id", "meta.", "meta.request_id"} & set(
         read.column_names
     )  # none invented
@@ -104,3 +97,14 @@ def test_bad_rows_still_name_the_file_and_a_present_id_column_is_still_checked(l
     nulls = tiny_table(4).set_column(0, "request_id", pa.array([1, None, 3, 4], pa.int64()))
     with pytest.raises(BadRowsError, match="request_id: null"):
         prepare_block(nulls, "part-0.parquet", with_ids, None, {"all": SampleSpace()}, "error", None)
+
+
+def test_a_partition_before_1970_has_no_derived_ids_and_is_a_bad_file(tmp_path):
+    spec = _no_row_columns_spec()
+    old = tmp_path / "dt=1969-12-31" / "part-0.parquet"
+    old.parent.mkdir()
+    pq.write_table(tiny_table(5).drop_columns(["request_id", "ts"]), old)
+    with pytest.raises(
+        BadInputError, match="dt=1969-12-31/part-0.parquet: .*needs a partition date from 1970"
+    ):
+        inspect_logs(tmp_path, [dt.date(1969, 12, 31)], spec)
