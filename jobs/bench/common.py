@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mtl_rec.config import FeatureSpec, SampleSpace
+from mtl_rec.quiet import quiet_ray_data
 
 # The sample spaces the reference tasks train on (CTR over impressions, CVR and cart over clicks).
 SPACES = {
@@ -138,6 +139,7 @@ def start_local_ray(num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    quiet_ray_data()  # before ray.init: the local Ray's processes inherit it
     ray.init(
         address="local",
         num_cpus=num_cpus or 2 * (os.cpu_count() or 1),
