@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import pyarrow as pa
+
 from mtl_rec.config import FeatureSpec, FeatureStats, SampleSpace
 from mtl_rec.config.data import DataConfig
 from pipelines.collate import BatchLayout, collate
@@ -183,7 +185,20 @@ def iter_batches(
     (Ray Data's local shuffle, seeded by `shuffle_seed`), so a batch mixes blocks and files instead
     of holding consecutive impressions of one file. Every row still comes out exactly once, and each
     carries its own data position, so exactly-once resume is unaffected."""
-    tables = source.iter_batches(
+    tables = iter_tables(source, batch_size, prefetch_batches, drop_last, shuffle_buffer_rows, shuffle_seed)
+    return collate_tables(tables, layout)
+
+
+def iter_tables(
+    source,
+    batch_size: int,
+    prefetch_batches: int = 2,
+    drop_last: bool = False,
+    shuffle_buffer_rows: int = 0,
+    shuffle_seed: int | None = None,
+) -> Iterator[pa.Table]:
+    """iter_batches before collation: the transformed rows as Arrow tables of `batch_size` rows."""
+    return source.iter_batches(
         batch_size=batch_size,
         batch_format="pyarrow",
         prefetch_batches=prefetch_batches,
@@ -191,6 +206,10 @@ def iter_batches(
         local_shuffle_buffer_size=shuffle_buffer_rows or None,
         local_shuffle_seed=shuffle_seed if shuffle_buffer_rows else None,
     )
+
+
+def collate_tables(tables: Iterator[pa.Table], layout: BatchLayout) -> Iterator:
+    """Arrow tables of transformed rows -> Batches; a bad row met while reading raises BadInputError."""
     with surface_bad_input():
         for table in tables:
             yield collate(table, layout)

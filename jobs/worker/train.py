@@ -52,8 +52,9 @@ from mtl_rec.schedule import LRSchedule, ScheduledLR
 from mtl_rec.sharding import describe_plan, plan_to_json
 from mtl_rec.step import StepBatch, StepResult, TrainPipeline
 from mtl_rec.weighting import build_weighting
+from pipelines.cache import ShardCache
 from pipelines.collate import BatchLayout
-from pipelines.dataset import iter_batches, start_early
+from pipelines.dataset import collate_tables, iter_tables, start_early
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,19 @@ def train_worker(inputs: WorkerInputs) -> None:
     cfg, spec, run_dir = inputs.run, inputs.spec, Path(inputs.run_dir)
     device = start_worker(cfg.train.torch_threads)
 
-    def epoch_batches(epoch: int) -> Iterator:  # the read tasks skip the rows the checkpoint covers
+    cache = ShardCache(cfg.data.cache_mb << 20)  # this rank's rows, for the passes after a whole one
+    validation_cache = ShardCache(cfg.data.cache_mb << 20)  # its hold-out rows, scored every epoch
+
+    def epoch_batches(epoch: int, from_cache: bool = False) -> Iterator:
         seed = (cfg.train.seed * 1_000_003 + epoch) * 1009 + rank()  # another order every epoch and rank
-        return iter_batches(
-            ray.train.get_dataset_shard("train"), inputs.layout, cfg.data.batch_size,
-            cfg.data.prefetch_batches, shuffle_buffer_rows=cfg.data.shuffle_buffer_rows, shuffle_seed=seed,
-        )  # fmt: skip
+        if from_cache:
+            tables = cache.tables(cfg.data.batch_size, seed if cfg.data.shuffle_buffer_rows else None)
+        else:  # the read tasks skip the rows the checkpoint covers
+            tables = cache.keep(iter_tables(
+                ray.train.get_dataset_shard("train"), cfg.data.batch_size, cfg.data.prefetch_batches,
+                shuffle_buffer_rows=cfg.data.shuffle_buffer_rows, shuffle_seed=seed,
+            ))  # fmt: skip
+        return collate_tables(tables, inputs.layout)
 
     # The shard's start-up (split coordinator, read tasks) overlaps building and sharding the model.
     # (A run resumed in a later epoch draws its first epoch's shuffle with epoch 0's seed.)
@@ -149,12 +157,17 @@ def train_worker(inputs: WorkerInputs) -> None:
     every = cfg.train.checkpoint_every
     bar = _epoch_bar(run.epoch, inputs, run.position.consumed_rows, shown=not run.done)
     prebuilt = list(epoch_batches(0)) if cfg.train.prebuilt_batches else None
-    rows_at_start, start = run.position.rows, time.perf_counter()
+    rows_at_start, start, epochs_from_memory = run.position.rows, time.perf_counter(), 0
     while not run.done and not stop():
+        whole_pass = run.position.consumed_rows == 0  # a resumed epoch reads only what is left
         if first_epoch is not None:
             batches, first_epoch = first_epoch, None
+        elif prebuilt is not None:
+            batches = iter(prebuilt)
         else:
-            batches = epoch_batches(run.epoch) if prebuilt is None else iter(prebuilt)
+            from_memory = cache.ready_on_every_rank()
+            epochs_from_memory += from_memory
+            batches = epoch_batches(run.epoch, from_memory)
         steps = scheduled(lockstep(batches, padding))
         while not stop():  # max_steps: the same step on every rank (lockstep), so all ranks leave together
             try:
@@ -175,9 +188,10 @@ def train_worker(inputs: WorkerInputs) -> None:
                 checkpoint()
         if not stop():
             bar.close()
+            cache.complete(whole_pass)
             run.end_epoch()  # the epoch's rows are all trained: the next epoch reads every row
             if cfg.train.validation_fraction:
-                validation = evaluate(sharded.model, inputs, padding, device, dataset="valid")
+                validation = evaluate(sharded.model, inputs, padding, device, "valid", validation_cache)
                 if stopping.update(run.epoch, run.step, validation):
                     save_checkpoint(
                         sharded, run_dir / "best", files=checkpoint_files, manifest={"epoch": run.epoch}
@@ -197,36 +211,47 @@ def train_worker(inputs: WorkerInputs) -> None:
     if stopping.best is not None and stopping.best["step"] != run.step and run.calibration is None:
         load_checkpoint(sharded, run_dir / "best", current_plan_json=plan_json)
     if cfg.train.calibration == "platt" and run.calibration is None:  # not again after a restart
-        run.calibration = calibrate(sharded, inputs, padding, device)
+        run.calibration = calibrate(sharded, inputs, padding, device, validation_cache)
     checkpoint()  # before evaluation: a failure while evaluating resumes straight to evaluation
     metrics = evaluate(sharded.model, inputs, padding, device)
-    summary = _summary(metrics, run, rows_at_start, train_seconds, warm_start, stopping)
+    summary = _summary(metrics, run, rows_at_start, train_seconds, warm_start, stopping, epochs_from_memory)
     if rank() == 0:
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     ray.train.report({"samples_per_s": summary["train"]["samples_per_s"] or 0.0})
 
 
-def evaluate(model, inputs: WorkerInputs, padding, device, dataset: str = "eval") -> dict:
+def evaluate(
+    model, inputs: WorkerInputs, padding, device, dataset: str = "eval", cache: ShardCache | None = None
+) -> dict:
     """Exact per-target metrics over every row of `dataset` across ranks (see mtl_rec.metrics)."""
     accumulator = MetricAccumulator(eval_targets(inputs.run.tasks, inputs.spec))
-    for batch, outputs in _forward_shard(model, inputs, padding, device, dataset):
+    for batch, outputs in _forward_shard(model, inputs, padding, device, dataset, cache):
         accumulator.update(outputs, batch)
     return accumulator.compute()
 
 
-def _forward_shard(model, inputs: WorkerInputs, padding, device, dataset: str) -> Iterator:
-    """(batch, model(batch)) over every row of this rank's shard of `dataset`, in lockstep."""
+def _forward_shard(
+    model, inputs: WorkerInputs, padding, device, dataset: str, cache: ShardCache | None = None
+) -> Iterator:
+    """(batch, model(batch)) over every row of this rank's shard of `dataset`, in lockstep; with a
+    cache, from memory once a whole pass was kept (the hold-out is scored every epoch)."""
     data = inputs.run.data
-    shard = ray.train.get_dataset_shard(dataset)
-    batches = iter_batches(shard, inputs.layout, data.eval_batch_size, data.prefetch_batches)
-    return forward_in_lockstep(model, batches, padding, device)
+    if cache is not None and cache.ready_on_every_rank():
+        tables = cache.tables(data.eval_batch_size, seed=None)
+    else:
+        shard = ray.train.get_dataset_shard(dataset)
+        tables = iter_tables(shard, data.eval_batch_size, data.prefetch_batches)
+        tables = tables if cache is None else cache.keep(tables)
+    yield from forward_in_lockstep(model, collate_tables(tables, inputs.layout), padding, device)
+    if cache is not None:
+        cache.complete(whole_pass=True)  # scoring reads every row
 
 
-def calibrate(sharded, inputs: WorkerInputs, padding, device) -> dict:
+def calibrate(sharded, inputs: WorkerInputs, padding, device, cache: ShardCache | None = None) -> dict:
     """Collective: fit every task's Platt calibration on the validation rows and apply it to the
     model (mtl_rec.calibration). Returns {task: PlattFit as a dict} for metrics.json."""
     histogram = LogitHistogram(inputs.run.tasks)
-    for batch, outputs in _forward_shard(sharded.model, inputs, padding, device, "valid"):
+    for batch, outputs in _forward_shard(sharded.model, inputs, padding, device, "valid", cache):
         histogram.update(outputs, batch)
     fits = histogram.fit()  # the same on every rank
     sharded.module.heads.calibrate({task: (fit.scale, fit.shift) for task, fit in fits.items()})
@@ -259,7 +284,9 @@ def _history_entry(result: StepResult, run: RunProgress, rows_at_start: int, sec
     return entry
 
 
-def _summary(metrics, run: RunProgress, rows_at_start, seconds, warm_start, stopping) -> dict:
+def _summary(
+    metrics, run: RunProgress, rows_at_start, seconds, warm_start, stopping, epochs_from_memory
+) -> dict:
     """metrics.json: the evaluation's per-target metrics and the run's training figures."""
     rows = run.position.rows - rows_at_start
     peak_rss_mb = gather_concat(np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))
@@ -275,6 +302,7 @@ def _summary(metrics, run: RunProgress, rows_at_start, seconds, warm_start, stop
             "workers": world_size(),
             "peak_rss_mb_per_worker": peak_rss_mb.tolist(),  # in rank order
             "resumed_from": run.resumed_from,
+            "epochs_from_memory": epochs_from_memory,  # this attempt's, read from data.cache_mb
             "warm_start": warm_start,
             "validation": run.validation,  # per epoch: metrics on the validation rows and their score
             "best_epoch": best and best["epoch"],  # the epoch whose weights were kept

@@ -165,7 +165,8 @@ def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_
     and cosine schedule restarted every epoch, Platt calibration on the hold-out (the presets'
     recipe): each epoch trains exactly the rows outside the hold-out, the hold-out rows are scored
     (never trained), the kept weights are the best epoch's, and each task is calibrated on the
-    hold-out rows of its calibration space."""
+    hold-out rows of its calibration space. The epochs after the first, and the hold-out's scoring
+    after the first, read from the workers' memory (pipelines.cache)."""
     settings = (
         "data.batch_size=1024",
         "data.shuffle_buffer_rows=8192",
@@ -185,6 +186,8 @@ def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_
     validation = metrics["train"]["validation"]
     epochs_run = len(validation)
     assert 2 <= epochs_run <= 3  # patience 1: stops one epoch after the best, or runs all three
+    # the epochs after the first read their rows from memory (pipelines.cache), and still:
+    assert metrics["train"]["epochs_from_memory"] == epochs_run - 1
     # every epoch: exactly the rows outside the hold-out, once each; the hold-out scored in full
     assert metrics["train"]["rows"] == epochs_run * int((~held).sum())
     assert all(v["validation"]["ctr"]["rows"] == int(held.sum()) for v in validation)
