@@ -4,8 +4,8 @@
       -> gather_model     the tables loaded WHOLE into an unsharded MultiTaskModel on the CPU, with no
                           process group (DCP reshards on load, the way it does between world sizes)
       -> ServingModel     plain-tensor interface: table lookups (float32, float16 or row-wise int8
-                          tables), then the trained network's own forward_pooled, then the
-                          probabilities of every evaluation target
+                          tables), then the trained network's own forward_pooled (its backbone in
+                          float32 or bfloat16), then the probabilities of every evaluation target
       -> torch.export     one ExportedProgram (graph + weights) in model.pt2, with a dynamic batch
                       of MIN_ROWS (2) rows and more
 
@@ -70,6 +70,9 @@ MANIFEST = "manifest.json"
 STATS_FILE = "feature_stats.json"
 CONFIG_FILE = "config.yaml"
 TABLE_FORMATS = ("float32", "float16", "int8")
+# The backbone's weights and matmuls (the experts: ~95% of a forward's FLOPs); towers and heads stay
+# float32 so the final logits keep their resolution (bfloat16 probabilities would tie many rows).
+DENSE_FORMATS = ("float32", "bfloat16")
 CURRENT = "current.json"  # in a serving directory: {"model": <export dir name>, ...}, the live export
 MAX_ROWS = 1 << 24  # the largest batch the program accepts (a bound torch.export asks for)
 # The smallest: tracing specialises a batch of 1 away in several backbones (einsum and broadcasting
@@ -127,6 +130,23 @@ class TableLookup(nn.Module):
         return self(torch.arange(self.weight.shape[0]))
 
 
+class LowPrecisionBackbone(nn.Module):
+    """A backbone run in `dtype` (bfloat16): [B, In] float32 -> cast -> backbone -> {task: [B, H_task]}
+    float32. On CPUs with AVX512-BF16 or AMX its matmuls run ~2x the float32 rate; each value keeps
+    8 bits of mantissa (relative error ~2**-9 a rounding), so scores move in the third decimal and
+    `python -m jobs.bench serve` measures what that costs in AUC."""
+
+    def __init__(self, backbone: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype = backbone.to(dtype), dtype
+        self.reads_batch = getattr(backbone, "reads_batch", False)
+        self.output_dims = backbone.output_dims
+
+    def forward(self, x: Tensor, *batch) -> dict[str, Tensor]:
+        features = self.inner(x.to(self.dtype), *batch)  # [B, In] -> {task: [B, H_task]} in dtype
+        return {task: h.float() for task, h in features.items()}  # -> float32 for the towers
+
+
 class ServingModel(nn.Module):
     """Plain tensors in, probabilities out; the trained network in between.
 
@@ -141,8 +161,17 @@ class ServingModel(nn.Module):
            probabilities and the chained tasks' conditional ones (p(conversion | click)).
     """
 
-    def __init__(self, model: MultiTaskModel, spec: FeatureSpec, targets: list[EvalTarget], tables: str):
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        spec: FeatureSpec,
+        targets: list[EvalTarget],
+        tables: str,
+        dense: str = "float32",
+    ):
         super().__init__()
+        if dense not in DENSE_FORMATS:
+            raise ConfigError(f"dense must be one of {DENSE_FORMATS}, got {dense!r}")
         # A backbone that reads the batch reads its per-row domain ids (batch.meta[domain_column]):
         # the program takes them as an input of their own.
         self.domain_column = spec.domain_column if getattr(model.backbone, "reads_batch", False) else ""
@@ -156,6 +185,8 @@ class ServingModel(nn.Module):
         self.order = list(spec.sparse_names)
         self.targets = list(targets)
         del self.model.sparse_arch  # its tables live in self.tables now (and only there)
+        if dense == "bfloat16":
+            self.model.backbone = LowPrecisionBackbone(self.model.backbone, torch.bfloat16)
 
     @property
     def reads_domain(self) -> bool:
@@ -243,13 +274,16 @@ def read_run(run_dir: Path) -> tuple[Path, RunConfig, FeatureSpec]:
     return checkpoint, cfg, spec
 
 
-def export_run(run_dir: Path, out_dir: Path, tables: str = "float32", compile: bool = False) -> dict:
+def export_run(
+    run_dir: Path, out_dir: Path, tables: str = "float32", compile: bool = False, dense: str = "float32"
+) -> dict:
     """Export RUN_DIR's checkpoint to OUT_DIR (see module doc), atomically: a half-written export is
-    never at OUT_DIR. compile: also build model.aoti.pt2 (AOTInductor). Returns the manifest."""
+    never at OUT_DIR. compile: also build model.aoti.pt2 (AOTInductor); dense: the backbone's
+    precision (DENSE_FORMATS). Returns the manifest."""
     run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir)
     checkpoint, cfg, spec = read_run(run_dir)
     targets = eval_targets(cfg.tasks, spec)
-    serving = ServingModel(gather_model(checkpoint, cfg, spec), spec, targets, tables).eval()
+    serving = ServingModel(gather_model(checkpoint, cfg, spec), spec, targets, tables, dense).eval()
     program = export_program(serving, spec)
 
     staging = out_dir.parent / f".{out_dir.name}.tmp-{dt.datetime.now().strftime('%H%M%S%f')}"
@@ -270,6 +304,7 @@ def export_run(run_dir: Path, out_dir: Path, tables: str = "float32", compile: b
         "stack": describe_stack(),
         "arch": cfg.model.arch,
         "tables": tables,
+        "dense": dense,
         "compiled": compile,
         "table_bytes": sum(b.numel() * b.element_size() for b in serving.tables.buffers()),
         "targets": [asdict(t) for t in targets],
