@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from mtl_rec.distributed import barrier, is_distributed, rank
 
@@ -204,7 +205,9 @@ def load_checkpoint(
         state["fused_optimizer"] = fused
     try:
         dcp.load(state, checkpoint_id=str(path / "model"))
-    except Exception as error:  # DCP's own message lists keys, not the cause
+    # DCP's own message lists keys, not the cause; under a process group it raises CheckpointException,
+    # a BaseException that `except Exception` would let through as a bare crash
+    except (Exception, CheckpointException) as error:
         detail = f" (sharding type changed: {', '.join(changed)})" if changed else ""
         raise CheckpointMismatch(f"{path}: cannot be loaded into this model{detail}: {error}") from error
     load_model_state(model, state["model"])

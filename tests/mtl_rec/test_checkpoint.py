@@ -199,6 +199,15 @@ def _load_on_one(rank: int, root: Path) -> None:
     )
     assert_float32_close(_predict(changed, 0, ROWS), predictions, ulps=PREDICTION_ULPS)
 
+    # Another network (wider experts): under a process group DCP raises its CheckpointException, a
+    # BaseException, not an Exception; it must still surface as the clear CheckpointMismatch.
+    wider = copy.deepcopy(CONFIG)
+    wider["optim"]["sparse"] = {"name": "rowwise_adagrad", "lr": 0.1}
+    wider["model"]["params"]["expert"]["hidden"] = [16]
+    other = sharded_model(make_spec(), from_dict(RunConfig, wider), seed=7)
+    with pytest.raises(CheckpointMismatch, match=r"cannot be loaded into this model"):
+        load_checkpoint(other, root / "checkpoint", current_plan_json=plan_to_json(other.plan))
+
 
 def test_checkpoint_from_two_ranks_loads_on_one_and_a_changed_plan_is_refused(tmp_path):
     run_on_ranks(_save_on_two, tmp_path, world_size=2, timeout_s=90)
