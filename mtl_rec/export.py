@@ -186,6 +186,12 @@ class ServingModel(nn.Module):
         self.targets = list(targets)
         del self.model.sparse_arch  # its tables live in self.tables now (and only there)
         if dense == "bfloat16":
+            if min(model.backbone.output_dims.values()) <= 1:  # STAR (also under ESCM2): it makes the logits
+                raise ConfigError(
+                    f"dense=bfloat16: model.arch={type(model.backbone).__name__} computes the task logits "
+                    "itself, which bfloat16 would round (8-bit mantissa: many rows would tie); export it "
+                    "with dense=float32"
+                )
             self.model.backbone = LowPrecisionBackbone(self.model.backbone, torch.bfloat16)
 
     @property

@@ -1,10 +1,15 @@
 """A rank's training rows held in memory after a pass that read all of them, for the later passes.
 
-Every pass over a Ray Train shard re-reads, validates and transforms the logs: on data that fits in
-memory, that is half the time of a multi-pass run (UCI Adult, MMoE, 1 worker, 20 passes: 36k
-samples/s streamed against 76k from batches in memory; docs/benchmarks.md). A rank that has read
-its whole shard keeps the transformed Arrow rows (under a memory budget) and later passes draw their
-batches from them, reshuffled with that pass's seed.
+Every pass over a Ray Train shard re-reads, validates and transforms the logs and waits for Ray's
+split to hand out blocks. A rank that has read its whole shard keeps the transformed Arrow rows
+(under a memory budget) and later passes draw their batches from them, reshuffled with that pass's
+seed: +18-33% samples/s on UCI Adult's multi-pass runs (docs/benchmarks.md, 2026-12-07). A pass from
+memory is a full random permutation of the rank's rows; a streamed pass shuffles within Ray's local
+buffer (data.shuffle_buffer_rows), so the two give different orders.
+
+Memory: the kept rows are copied out of Ray's object store as they arrive (nothing pins its
+blocks), so a rank holds at most the budget plus, while a pass ends, one more copy as the pieces
+are joined; a pass from memory gathers one batch at a time.
 
 What stays exact: every row carries its id and data position, so the rows a pass trains are the
 same set whichever way they are read, and a checkpoint taken mid-pass records exactly the rows
@@ -45,11 +50,12 @@ class ShardCache:
         self._kept_bytes = 0
         self._over_budget = budget_bytes <= 0
         self._exhausted = False
+        self._empty = False  # a whole pass that held no rows (Ray's split gave this rank no block)
 
     @property
     def ready(self) -> bool:
         """Whether this rank can serve a whole pass from memory."""
-        return self.rows is not None
+        return self.rows is not None or self._empty
 
     def ready_on_every_rank(self) -> bool:
         """Collective: whether this pass reads every rank's rows from memory. All ranks or none: a
@@ -70,17 +76,19 @@ class ShardCache:
                 self._kept_bytes += table.nbytes
                 if self._kept_bytes > self.budget_bytes:  # too large: stream every pass, hold nothing
                     self._over_budget, self._kept = True, []
-                else:
-                    self._kept.append(table)
+                else:  # a copy: the streamed table may be a view into a block of Ray's object store
+                    self._kept.append(table.take(pa.array(np.arange(table.num_rows))))
             yield table
         self._exhausted = True
 
     def complete(self, whole_pass: bool) -> None:
         """End of a pass: hold its rows for later passes if the pass read every row of the shard
         (`whole_pass`: it started with no rows consumed, and its stream ran to the end)."""
-        if whole_pass and self._exhausted and not self._over_budget and self._kept:
-            # one contiguous copy: the streamed tables may be views into Ray's object store
-            self.rows = pa.concat_tables(self._kept).combine_chunks()
+        if whole_pass and self._exhausted and not self._over_budget:
+            if self._kept:
+                self.rows = pa.concat_tables(self._kept).combine_chunks()  # one contiguous table
+            else:
+                self._empty = True  # ready, with nothing to serve: the others need not stream
         self._kept, self._kept_bytes = [], 0
 
     @property
@@ -91,17 +99,20 @@ class ShardCache:
     def drop(self, forever: bool = False) -> None:
         """Stream the next pass (another rank has no whole pass in memory); `forever`: and every
         later one, keeping nothing (another rank's shard is over its budget)."""
-        self.rows, self._kept = None, []
+        self.rows, self._kept, self._empty = None, [], False
         self._over_budget = self._over_budget or forever
 
     def tables(self, batch_size: int, seed: int | None) -> Iterator[pa.Table]:
         """A pass over the kept rows in tables of `batch_size` (the last may be short): a seeded
         permutation of every row (seed None: the order they were read in)."""
-        rows = self.rows
-        if rows is None:
+        if not self.ready:
             raise RuntimeError("ShardCache.tables before a whole pass was kept")
-        if seed is not None:
-            order = np.random.default_rng(seed).permutation(rows.num_rows)  # [N]
-            rows = rows.take(pa.array(order))  # [N] rows in a new order
+        rows = self.rows
+        if rows is None:  # an empty shard
+            return
+        order = None if seed is None else np.random.default_rng(seed).permutation(rows.num_rows)  # [N]
         for start in range(0, rows.num_rows, batch_size):
-            yield rows.slice(start, batch_size)
+            if order is None:
+                yield rows.slice(start, batch_size)
+            else:  # one batch gathered at a time: no second copy of the shard
+                yield rows.take(pa.array(order[start : start + batch_size]))  # [b] rows of the permutation

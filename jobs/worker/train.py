@@ -84,7 +84,8 @@ def train_worker(inputs: WorkerInputs) -> None:
     cfg, spec, run_dir = inputs.run, inputs.spec, Path(inputs.run_dir)
     device = start_worker(cfg.train.torch_threads)
 
-    cache = ShardCache(cfg.data.cache_mb << 20)  # this rank's rows, for the passes after a whole one
+    # this rank's rows, for the passes after a whole one (prebuilt batches hold them already)
+    cache = ShardCache(0 if cfg.train.prebuilt_batches else cfg.data.cache_mb << 20)
     validation_cache = ShardCache(cfg.data.cache_mb << 20)  # its hold-out rows, scored every epoch
 
     def epoch_batches(epoch: int, from_cache: bool = False) -> Iterator:

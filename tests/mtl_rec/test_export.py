@@ -367,3 +367,17 @@ def test_a_bfloat16_backbone_serves_within_its_rounding_of_float32(exported, tmp
         assert 0 < difference.max() <= 2e-3, (name, difference.max())  # measured: 1.2e-4 to 1.8e-4
         ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
         assert np.corrcoef(ranks(low[name]), ranks(full[name]))[0, 1] > 0.999, name
+    # STAR (alone or under ESCM2) computes the task logits inside the backbone: bfloat16 would round
+    # the logits themselves, so that export is refused rather than served with tied scores
+    spec = replace(tiny_spec(), domain_column="scene", num_domains=3)
+    star = from_dict(
+        RunConfig,
+        {
+            "model": {"arch": "star", "params": {"num_domains": 3, "domain_column": "scene"}},
+            "tasks": CHAIN_TASKS,
+            "sharding": {"tables": {}},
+        },
+    )
+    _saved_run(tmp_path / "star", MultiTaskModel(spec, star.model, star.tasks, device="cpu"), star, spec)
+    with pytest.raises(ConfigError, match="computes the task logits itself"):
+        export_run(tmp_path / "star", tmp_path / "star-bf16", dense="bfloat16")

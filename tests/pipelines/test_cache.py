@@ -20,7 +20,7 @@ def _tables(rows: int, batch: int, first_id: int = 0) -> list[pa.Table]:
 
 
 def _ids(tables) -> np.ndarray:
-    return np.concatenate([t["id"].to_numpy() for t in tables])
+    return np.concatenate([np.zeros(0, np.int64), *(t["id"].to_numpy() for t in tables)])
 
 
 def _kept_pass(cache: ShardCache, tables: list[pa.Table]) -> np.ndarray:
@@ -72,6 +72,10 @@ def test_nothing_is_kept_from_a_partial_pass_or_over_the_budget():
     _kept_pass(small, tables)
     assert not small.ready  # over the budget for good
 
+    empty = ShardCache(budget_bytes=1 << 20)  # Ray's split gave this rank no block: ready, serves nothing
+    assert _kept_pass(empty, []).size == 0
+    assert empty.ready and list(empty.tables(64, seed=3)) == []
+
     off = ShardCache(budget_bytes=0)  # data.cache_mb=0
     _kept_pass(off, tables)
     assert not off.ready and off.over_budget
@@ -92,6 +96,12 @@ def _agreement_worker(rank: int, out_dir) -> None:
     _kept_pass(cache, _tables(500, 50, first_id=rank * 500))
     assert cache.ready_on_every_rank() is True
     assert np.array_equal(np.sort(_ids(cache.tables(64, seed=rank))), np.arange(rank * 500, rank * 500 + 500))
+
+    # rank 1's shard is empty (fewer blocks than ranks): rank 0 still reads from memory
+    cache = ShardCache(big)
+    _kept_pass(cache, _tables(500, 50) if rank == 0 else [])
+    assert cache.ready_on_every_rank() is True
+    assert _ids(cache.tables(64, seed=1)).size == (500 if rank == 0 else 0)
 
     # rank 0's shard is over its budget: both stream, now and later
     budget = 10 if rank == 0 else big
