@@ -36,3 +36,18 @@ def generated_logs(tmp_path_factory):
     root = tmp_path_factory.mktemp("logs")
     generate_logs(root, dt.date(2026, 11, 18), 2, 30_000, GeneratorConfig(seed=0, rows_per_file=10_000))
     return root
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster): a head of 1 CPU (Ray
+    Data's read tasks) and two worker nodes of 2 CPUs, each its own raylet and object store. A run
+    that asks 1.5 CPUs a worker places one training worker on each worker node."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()

@@ -5,7 +5,8 @@ driven as the README's plain-cluster recipe drives it: `python -m jobs.train --a
 One training worker per node (each worker reserves 1.5 of a node's 2 CPUs; the head's CPU runs Ray
 Data's read tasks). After the first checkpoint a worker node is removed from the cluster, its
 worker with it; a new node joins, Ray Train (FailureConfig) restarts the group there, it resumes
-from the checkpoint, and the request-id audit finds every training row trained exactly once."""
+from the checkpoint, and the request-id audit finds every training row trained exactly once. The daily
+job on such a cluster: tests/jobs/test_daily.py."""
 
 from __future__ import annotations
 
@@ -19,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ray.cluster_utils import Cluster
 
 from mtl_rec.config.run import SINGLE_PASS
 from tests.jobs.test_fault_tolerance import EVAL_DAY, SPEC, TRAIN_DAY, _audited_ids, _request_ids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
-WORKER_NODE = {"num_cpus": 2}
+WORKER_NODE = {"num_cpus": 2}  # as the `cluster` fixture's (tests/conftest.py)
 SETTINGS = (
     *SINGLE_PASS,  # the exactly-once audit counts one pass over every row
     "data.batch_size=64",
@@ -47,10 +47,7 @@ def _workers(run_dir: Path) -> dict[int, dict]:
     return out
 
 
-def test_train_across_nodes_survives_losing_a_node_with_every_row_once(generated_logs, tmp_path):
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    nodes = [cluster.add_node(**WORKER_NODE) for _ in range(2)]
-    cluster.wait_for_nodes()
+def test_train_across_nodes_survives_losing_a_node_with_every_row_once(cluster, generated_logs, tmp_path):
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -83,10 +80,11 @@ def test_train_across_nodes_survives_losing_a_node_with_every_row_once(generated
             if manifest.is_file() and len(workers) == 2:
                 first = {r: w["node"] for r, w in workers.items()}
                 assert len(set(first.values())) == 2, f"both workers on one node: {first}"
-                victim = next(n for n in nodes if n.node_id == first[1])
+                victim = next(n for n in cluster.worker_nodes if n.node_id == first[1])
                 cluster.remove_node(victim)  # rank 1's node, raylet and worker gone at once
                 removed = victim.node_id
                 cluster.add_node(**WORKER_NODE)  # the replacement the restarted group lands on
+                cluster.wait_for_nodes()
             time.sleep(0.05)
         assert removed is not None, "the run ended (or stalled) before a node could be removed"
         code = driver.wait(timeout=400)
@@ -94,7 +92,6 @@ def test_train_across_nodes_survives_losing_a_node_with_every_row_once(generated
         if driver.poll() is None:
             driver.kill()
         log.close()
-        cluster.shutdown()
     output = (tmp_path / "driver.log").read_text()
     assert code == 0, output[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
