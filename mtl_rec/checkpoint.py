@@ -217,8 +217,18 @@ def load_checkpoint(
     if (path / REPLICATED).is_file():
         replicated = torch.load(path / REPLICATED, map_location="cpu", weights_only=False)
     if sharded is not None and not weights_only:
-        if "dense_optimizer" in replicated:
-            sharded.dense_optimizer.load_state_dict(replicated["dense_optimizer"])
-        if sharded.table_optimizer is not None and "table_optimizer" in replicated:
-            sharded.table_optimizer.load_state_dict(replicated["table_optimizer"])
+        for name in ("dense_optimizer", "table_optimizer"):
+            optimizer = getattr(sharded, name)
+            if optimizer is not None and name in replicated:
+                _load_optimizer_state(optimizer, replicated[name])
     return LoadedCheckpoint(manifest, replicated, path)
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Moments and steps from the checkpoint; the kernel choice (`fused`, `foreach`) stays this build's:
+    load_state_dict would take it from the saved groups, and a checkpoint written before the fused
+    kernels would turn them off for every later run warm-started from it."""
+    kernels = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kept)

@@ -97,16 +97,28 @@ def _constraints(
     return constraints
 
 
+def _fused(params: list[nn.Parameter], cpu_only: bool = False) -> bool:
+    """torch's fused optimizer kernels (one pass over every tensor, no Python loop per tensor): 5x
+    faster than the per-tensor loop, which is torch's default off CUDA (Adam on the Adult MMoE's 48
+    tensors: 1.1 ms -> 0.2 ms a step). The same update to float rounding (2e-7 after 200 steps),
+    not bit for bit. Adagrad's fused kernel exists on CPU only."""
+    devices = {param.device.type for param in params}
+    return devices <= ({"cpu"} if cpu_only else {"cpu", "cuda"})
+
+
 def _non_fused_table_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer | None:
+    """The optimizer of data-parallel tables (plain DDP parameters, outside FBGEMM's backward)."""
     if not params:
         return None
     sparse = cfg.sparse
     if sparse.name == "sgd":
-        return torch.optim.SGD(params, lr=sparse.lr)
+        return torch.optim.SGD(params, lr=sparse.lr, fused=_fused(params))
     if sparse.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=sparse.lr, eps=sparse.eps)
+        return torch.optim.Adagrad(params, lr=sparse.lr, eps=sparse.eps, fused=_fused(params, cpu_only=True))
     if sparse.name == "adam":  # dense Adam on a small replicated table; weight decay decoupled, as FBGEMM's
-        return torch.optim.AdamW(params, lr=sparse.lr, eps=sparse.eps, weight_decay=sparse.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=sparse.lr, eps=sparse.eps, weight_decay=sparse.weight_decay, fused=_fused(params)
+        )
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     return RowWiseAdagrad(params, lr=sparse.lr, eps=sparse.eps, weight_decay=sparse.weight_decay)
@@ -115,8 +127,9 @@ def _non_fused_table_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> 
 def _dense_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
     dense = cfg.dense
     if dense.name == "adam":
-        return torch.optim.Adam(params, lr=dense.lr, weight_decay=dense.weight_decay)
-    return torch.optim.Adagrad(params, lr=dense.lr, weight_decay=dense.weight_decay)
+        return torch.optim.Adam(params, lr=dense.lr, weight_decay=dense.weight_decay, fused=_fused(params))
+    fused = _fused(params, cpu_only=True)
+    return torch.optim.Adagrad(params, lr=dense.lr, weight_decay=dense.weight_decay, fused=fused)
 
 
 def _ddp_modules(dmp: nn.Module) -> list[nn.parallel.DistributedDataParallel]:

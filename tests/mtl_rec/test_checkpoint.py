@@ -212,3 +212,39 @@ def _load_on_one(rank: int, root: Path) -> None:
 def test_checkpoint_from_two_ranks_loads_on_one_and_a_changed_plan_is_refused(tmp_path):
     run_on_ranks(_save_on_two, tmp_path, world_size=2, timeout_s=90)
     run_on_ranks(_load_on_one, tmp_path, world_size=1, timeout_s=90)
+
+
+# ---------------------------------------------------------------- optimizers' kernels across checkpoints
+
+
+def _loop_then_fused(rank: int, root: Path) -> None:
+    """A checkpoint whose dense Adam ran torch's per-tensor loop (as every run did before the fused
+    kernels) loads into a fused Adam: same moments and steps, and the kernel stays fused."""
+    from mtl_rec.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = from_dict(RunConfig, CONFIG)
+    old = sharded_model(make_spec(), cfg, seed=0)
+    assert all(group["fused"] for group in old.dense_optimizer.param_groups), "the build is not fused"
+    params = [p for group in old.dense_optimizer.param_groups for p in group["params"]]
+    old.dense_optimizer = torch.optim.Adam(params, lr=0.01)  # fused=None: the loop
+    _train(old, cfg, 0, ROWS, 3)
+    save_checkpoint(old, root / "checkpoint", manifest={"step": 3})
+
+    fresh = sharded_model(make_spec(), cfg, seed=99)
+    load_checkpoint(fresh, root / "checkpoint")
+    assert all(group["fused"] for group in fresh.dense_optimizer.param_groups)
+    saved, loaded = old.dense_optimizer.state_dict(), fresh.dense_optimizer.state_dict()
+    assert saved["state"].keys() == loaded["state"].keys() and len(saved["state"]) == len(params)
+    for key, state in saved["state"].items():
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[name], loaded["state"][key][name]), f"{key}/{name} not loaded"
+    # one more step each: the fused kernel continues the loop's run to float rounding (not bit for bit)
+    _train(old, cfg, 0, ROWS, 1, seed=50)
+    _train(fresh, cfg, 0, ROWS, 1, seed=50)
+    resumed = [p for group in fresh.dense_optimizer.param_groups for p in group["params"]]
+    for a, b in zip(params, resumed, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_of_the_loop_optimizer_loads_into_the_fused_one(tmp_path):
+    run_on_ranks(_loop_then_fused, tmp_path, world_size=1, timeout_s=90)
