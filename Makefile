@@ -28,6 +28,7 @@ bench: setup
 	$(PY) -m jobs.bench all --out docs/bench-latest.json
 	$(PY) -m jobs.bench quality --out docs/bench-quality.json
 	$(PY) -m jobs.bench serve --out docs/bench-serve.json
+	$(PY) -m jobs.bench headroom --out docs/bench-headroom.json
 
 lint: setup
 	$(VENV)/bin/ruff check pipelines mtl_rec jobs tests

@@ -46,15 +46,33 @@ Randomness. Independent streams from ``SeedSequence(seed, spawn_key=...)``: one 
 tables, one per day for its cohort, one per (day, file) for the rows, one for calibration. Days are
 keyed by their number since the Unix epoch, so a day's rows do not depend on which other days were
 generated with it, and files can be generated in any order, in parallel.
+
+Headroom. ``World.without(parts)`` is this world with some parts of every logit taken out (per-id
+effects, the domain x category effects, the user x item latent products), its intercepts and
+standardisation kept; its ``probabilities`` on a file's stream are the same rows' truth minus those
+parts: what a learner that knew everything else would predict (``python -m jobs.bench headroom``).
+The entity tables and effects are built in jobs/logsim_entities.py.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from jobs.logsim_entities import (
+    Table,
+    _build_effects,
+    _build_items,
+    _build_users,
+    _domain_effects,
+    _pick_brand,
+    draw,
+    sigmoid,
+    zipf_cdf,
+)
 
 if TYPE_CHECKING:
     from jobs.make_logs import GeneratorConfig
@@ -64,12 +82,10 @@ SECONDS_PER_DAY = 86_400
 # Relative traffic per hour (UTC): quiet at night, evening peak. Shapes ts within a day.
 HOURLY_TRAFFIC = (2.0, 1.2, 0.8, 0.6, 0.5, 0.6, 1.0, 1.8, 2.6, 3.0, 3.2, 3.4,
                   3.6, 3.3, 3.2, 3.3, 3.4, 3.6, 4.0, 4.6, 5.0, 5.2, 4.4, 3.2)  # fmt: skip
-AGE_SHARE = (0.04, 0.16, 0.24, 0.2, 0.15, 0.1, 0.07, 0.04)
-GENDER_SHARE = (0.48, 0.48, 0.04)
 DEVICE_SHARE = (0.5, 0.25, 0.12, 0.08, 0.05)
 OS_SHARE = (0.55, 0.38, 0.05, 0.02)
 NETWORK_SHARE = (0.6, 0.3, 0.08, 0.02)
-Table = dict[str, np.ndarray]  # named columns; an entity table has one row per entity
+REMOVABLE_PARTS = ("per_id", "domain_cross", "segment_cross")  # World.without
 
 
 @dataclass(frozen=True)
@@ -87,26 +103,6 @@ def rng_for(seed: int, *key: int) -> np.random.Generator:
 def file_rng(seed: int, day: int, index: int) -> np.random.Generator:
     """The stream of one file's rows: its day (since epoch) and index within the day name it."""
     return rng_for(seed, _FILE, day, index)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-def zipf_cdf(n: int, exponent: float, offset: float) -> np.ndarray:
-    """CDF over ranks 0..n-1 with weights (rank + 1 + offset) ** -exponent."""
-    cdf = np.cumsum((np.arange(1, n + 1, dtype=np.float64) + offset) ** -exponent)
-    return cdf / cdf[-1]
-
-
-def draw(cdf: np.ndarray, rng: np.random.Generator, size) -> np.ndarray:
-    """Ranks drawn from a CDF by inverse transform."""
-    ranks = np.searchsorted(cdf, rng.random(size), side="right")
-    return np.minimum(ranks, len(cdf) - 1).astype(np.int64)
 
 
 class World:
@@ -134,6 +130,7 @@ class World:
         items["price_level"] = np.searchsorted(e["price_edges"], items["price"], side="right")
         users = _build_users(cfg, e, rng, np.arange(cfg.user_vocab), past["user"])
         self.base = {"user": users, "item": items}
+        self.removed: tuple[str, ...] = ()  # parts of the hidden model taken out (`without`)
         self._cohorts: dict[int, dict[str, Table]] = {}
         self._calibrate()
 
@@ -147,16 +144,14 @@ class World:
             items["price_level"] = np.searchsorted(self.effects["price_edges"], items["price"], side="right")
             if len(self._cohorts) >= 8:  # a worker moves on to later days; keep memory flat
                 self._cohorts.pop(next(iter(self._cohorts)))
-            self._cohorts[day] = {"user": users, "item": items}
+            self._cohorts[day] = self._remove_parts({"user": users, "item": items})
         return self._cohorts[day]
 
     def sample(self, rng: np.random.Generator, day: int, n: int, q0: float, q1: float) -> Impressions:
         """n impressions of `day` filling the traffic quantiles [q0, q1) of the day, in time order."""
         impressions = self._features(rng, day, n, q0, q1)
         columns = impressions.columns
-        intercepts = [self.calibration[f"{stage}_intercept"] for stage in ("click", "cart", "conversion")]
-        logits = zip(intercepts, self._logits(columns), strict=True)
-        p_click, p_cart, p_conv = (sigmoid(b + x).astype(np.float32) for b, x in logits)
+        p_click, p_cart, p_conv = self._probabilities(columns)
         # Labels come from the stored float32 probabilities, so the truth columns are exact.
         click = rng.random(n) < p_click
         cart = click & (rng.random(n) < p_cart)
@@ -171,6 +166,73 @@ class World:
             _truth_p_ctcvr=(p_click.astype(np.float64) * p_conv_click).astype(np.float32),
         )  # fmt: skip
         return impressions
+
+    def probabilities(self, rng: np.random.Generator, day: int, n: int, q0: float, q1: float) -> Table:
+        """The truth columns of the rows `sample` draws from this stream, without their labels:
+        {"p_click", "p_cart_given_click", "p_conversion_given_click"}, each [n] float32. On a world
+        `without` some parts: what a learner that knew every other part exactly would predict."""
+        p_click, p_cart, p_conv = self._probabilities(self._features(rng, day, n, q0, q1).columns)
+        p_conv_click = (p_cart.astype(np.float64) * p_conv).astype(np.float32)
+        return {"p_click": p_click, "p_cart_given_click": p_cart, "p_conversion_given_click": p_conv_click}
+
+    def without(self, parts: tuple[str, ...]) -> World:
+        """A copy of this world with `parts` (of REMOVABLE_PARTS) taken out of every logit, its
+        intercepts and standardisation kept: so each logit is exactly the true one minus those
+        parts, and the same stream draws the same rows (the parts change no draw).
+
+            per_id         users' click and purchase biases, items' qualities, and the individual
+                           parts of both latent vectors (each keeps its segment / category part)
+            domain_cross   the domain x category effects (each domain keeps its shift)
+            segment_cross  the user x item latent products (segment x category, individual parts too)
+        """
+        unknown = set(parts) - set(REMOVABLE_PARTS)
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; removable: {', '.join(REMOVABLE_PARTS)}")
+        world = copy.copy(self)
+        world.removed = tuple(parts)
+        world.effects = dict(self.effects)
+        if "domain_cross" in parts:
+            for stage, shift in (
+                ("click", self.config.domain_click_shift),
+                ("buy", self.config.domain_buy_shift),
+            ):
+                effect = self.effects[f"domain_{stage}"]  # [domains, categories]
+                world.effects[f"domain_{stage}"] = np.broadcast_to(
+                    np.asarray(shift, np.float64)[:, None], effect.shape
+                )
+        world.base = world._remove_parts(self.base)
+        world._cohorts = {}
+        return world
+
+    def _remove_parts(self, tables: dict[str, Table]) -> dict[str, Table]:
+        """Copies of the user and item tables with this world's removed per-entity parts zeroed."""
+        users, items = dict(tables["user"]), dict(tables["item"])
+        e = self.effects
+        if "per_id" in self.removed:
+            for table, names in (
+                (users, ("click_bias", "buy_bias")),
+                (items, ("click_quality", "buy_quality")),
+            ):
+                for name in names:
+                    table[name] = np.zeros_like(table[name])
+            for kind, name in (("latent", "click_latent"), ("buy_latent", "buy_latent")):  # [n, k] each
+                users[name] = (
+                    e[f"age_{kind}"][users["age_bucket"]] + e[f"gender_{kind}"][users["gender"]]
+                    + e[f"occupation_{kind}"][users["occupation"]]
+                )  # fmt: skip
+            items["click_latent"] = e["category_latent"][items["category"]]
+            items["buy_latent"] = e["category_buy_latent"][items["category"]]
+        if "segment_cross" in self.removed:
+            users["click_latent"] = np.zeros_like(users["click_latent"])
+            users["buy_latent"] = np.zeros_like(users["buy_latent"])
+        return {"user": users, "item": items}
+
+    def _probabilities(self, columns: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """p(click), p(cart | click), p(conversion | cart) of sampled rows, each [n] float32."""
+        intercepts = [self.calibration[f"{stage}_intercept"] for stage in ("click", "cart", "conversion")]
+        logits = zip(intercepts, self._logits(columns), strict=True)
+        p_click, p_cart, p_conv = (sigmoid(b + x).astype(np.float32) for b, x in logits)
+        return p_click, p_cart, p_conv
 
     def _logits(self, parts: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Click, cart|click and conversion|cart logits without their intercepts."""
@@ -301,142 +363,3 @@ def _recent_list(rng, favourites, mean_length, empty_rate, max_length, favourite
     picks = rng.integers(0, favourites.shape[1], int(from_favourites.sum()))
     values[from_favourites] = favourites[rows[from_favourites], picks]
     return offsets, values
-
-
-def _pick_brand(e: Table, category: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A brand of each category; squaring the uniform makes a category's first brands its leaders."""
-    within = np.floor(e["brand_count"][category] * rng.random(len(category)) ** 2).astype(np.int64)
-    return e["brand_ids"][e["brand_start"][category] + within]
-
-
-def _build_effects(cfg: GeneratorConfig, rng: np.random.Generator) -> Table:
-    """Low-cardinality effects and latents: the learnable bulk of the logits."""
-    nc, k_buy = cfg.num_categories, max(2, cfg.latent_dim // 2)
-    normal = lambda std, size: rng.normal(0.0, std, size)
-    e = {
-        "age_click": normal(0.4, 8), "gender_click": normal(0.15, 3), "level_click": normal(0.2, 10),
-        "city_click": normal(0.25, cfg.num_cities), "occupation_click": normal(0.35, 32),
-        "hour_click": 0.4 * np.cos(2 * np.pi * (np.arange(24) - 21) / 24),  # evening peak
-        "weekday_click": np.array([0.0, -0.02, 0.0, 0.02, 0.06, 0.15, 0.12]),  # Monday first
-        "device_click": normal(0.45, 5), "os_click": normal(0.15, 4), "network_click": normal(0.25, 4),
-        "category_click": normal(0.4, nc), "brand_click": normal(0.12, cfg.num_brands),
-        "shop_click": normal(0.1, cfg.num_shops), "age_buy": normal(0.2, 8),
-        "level_buy": 0.08 * (np.arange(10) - 4.5), "occupation_buy": normal(0.2, 32),
-        "category_buy": normal(0.35, nc), "category_log_price": rng.normal(3.3, 0.9, nc),
-        "shop_rating": np.clip(np.round(rng.normal(4.5, 0.25, cfg.num_shops), 1), 1.0, 5.0),
-        "city_cdf": zipf_cdf(cfg.num_cities, 1.0, 1.0), "occupation_cdf": zipf_cdf(32, 0.7, 2.0),
-        "category_cdf": zipf_cdf(nc, cfg.category_zipf, 1.0),
-        "shop_cdf": zipf_cdf(cfg.num_shops, 0.8, cfg.zipf_offset), "shop_ids": rng.permutation(cfg.num_shops),
-    }  # fmt: skip
-    part = cfg.segment_latent_scale / math.sqrt(3.0)  # a segment latent sums three parts
-    for kind, dim in (("latent", cfg.latent_dim), ("buy_latent", k_buy)):
-        for name, size in (("age", 8), ("gender", 3), ("occupation", 32)):
-            e[f"{name}_{kind}"] = normal(part, (size, dim)).astype(np.float32)
-        e[f"category_{kind}"] = normal(cfg.segment_latent_scale, (nc, dim)).astype(np.float32)
-    # Every category owns at least one brand; the others follow category popularity.
-    more_brands = draw(e["category_cdf"], rng, cfg.num_brands - nc)
-    brand_category = np.sort(np.concatenate([np.arange(nc), more_brands]))
-    e["brand_start"] = np.searchsorted(brand_category, np.arange(nc))
-    e["brand_count"] = np.bincount(brand_category, minlength=nc)
-    e["brand_ids"] = rng.permutation(cfg.num_brands)  # a brand id does not reveal its category
-    # A large Zipf sample to pick categories from uniformly: far faster than searchsorted for millions.
-    e["category_pool"] = draw(e["category_cdf"], rng, 1 << 20).astype(np.int32)
-    return e
-
-
-def _domain_effects(cfg: GeneratorConfig, rng: np.random.Generator) -> Table:
-    """[num_domains, num_categories] click and purchase logit effects: a shift per domain plus noise."""
-    size = (len(cfg.domain_shares), cfg.num_categories)
-    return {
-        f"domain_{stage}": np.asarray(shift, dtype=np.float64)[:, None] + rng.normal(0.0, scale, size)
-        for stage, shift, scale in (
-            ("click", cfg.domain_click_shift, cfg.domain_interaction_scale),
-            ("buy", cfg.domain_buy_shift, cfg.domain_interaction_scale),
-        )
-    }
-
-
-def _hist_rates(rng, cfg: GeneratorConfig, past_impressions: np.ndarray, p_click, p_buy):
-    """Yesterday's smoothed CTR and CVR of each entity: noisy when it had few impressions."""
-    prior_ctr, prior_cvr = cfg.click_rate, cfg.cart_rate * cfg.conversion_rate
-    strength = cfg.hist_prior_strength
-    impressions = rng.poisson(past_impressions)
-    clicks = rng.binomial(impressions, p_click)
-    orders = rng.binomial(clicks, p_buy)
-    ctr = (clicks + strength * prior_ctr) / (impressions + strength)
-    cvr = (orders + strength * prior_cvr) / (clicks + strength)
-    return ctr.astype(np.float32), cvr.astype(np.float32), orders
-
-
-def _build_users(cfg: GeneratorConfig, e: Table, rng, ids: np.ndarray, past_impressions: np.ndarray) -> Table:
-    n, s = len(ids), cfg.individual_latent_scale
-    age, gender = draw(np.cumsum(AGE_SHARE), rng, n), draw(np.cumsum(GENDER_SHARE), rng, n)
-    level, occupation = rng.binomial(9, 0.35, n), draw(e["occupation_cdf"], rng, n)
-    city = draw(e["city_cdf"], rng, n)
-    click_bias, buy_bias = rng.normal(0, cfg.id_effect_scale, (2, n))
-    click_latent = e["age_latent"][age] + e["gender_latent"][gender] + e["occupation_latent"][occupation]
-    click_latent += rng.normal(0, s, click_latent.shape).astype(np.float32)
-    buy_latent = e["age_buy_latent"][age] + e["gender_buy_latent"][gender]
-    buy_latent += e["occupation_buy_latent"][occupation]
-    buy_latent += rng.normal(0, s, buy_latent.shape).astype(np.float32)
-    # Favourites: the best of 8 popular categories under the user's own latent taste.
-    favourites = np.empty((n, cfg.favourite_categories), dtype=np.int32)
-    for lo in range(0, n, 50_000):
-        hi = min(n, lo + 50_000)
-        candidates = e["category_pool"][rng.integers(0, len(e["category_pool"]), (hi - lo, 8))]
-        taste = np.einsum("nk,nck->nc", click_latent[lo:hi], e["category_latent"][candidates])
-        best = np.argpartition(-taste, cfg.favourite_categories - 1, axis=1)[:, : cfg.favourite_categories]
-        favourites[lo:hi] = np.take_along_axis(candidates, best, axis=1)
-    user_click = click_bias + e["age_click"][age] + e["gender_click"][gender] + e["city_click"][city]
-    user_click += e["level_click"][level] + e["occupation_click"][occupation]
-    user_buy = buy_bias + e["age_buy"][age] + e["level_buy"][level]
-    hist_ctr, hist_cvr, _ = _hist_rates(
-        rng, cfg, past_impressions, sigmoid(logit(cfg.click_rate) + user_click),
-        sigmoid(logit(cfg.cart_rate * cfg.conversion_rate) + user_buy),
-    )  # fmt: skip
-    active_days = np.minimum(365, 1 + rng.poisson(5 + 3 * np.sqrt(past_impressions)))
-    return {  # narrow dtypes: every worker holds a copy
-        "id": ids.astype(np.int64), "age_bucket": age.astype(np.int8), "gender": gender.astype(np.int8),
-        "city": city.astype(np.int32), "user_level": level.astype(np.int8),
-        "occupation": occupation.astype(np.int8), "click_bias": click_bias.astype(np.float32),
-        "buy_bias": buy_bias.astype(np.float32), "click_latent": click_latent, "buy_latent": buy_latent,
-        "favourite_categories": favourites,
-        "favourite_brands": _pick_brand(e, favourites.ravel(), rng).astype(np.int32).reshape(n, -1),
-        "recent_length": np.clip(2 + 2 * np.log1p(past_impressions), 2, 18).astype(np.float32),
-        "hist_ctr": hist_ctr, "hist_cvr": hist_cvr,
-        "active_days": np.where(past_impressions > 0, active_days, 0).astype(np.float32),
-    }  # fmt: skip
-
-
-def _build_items(cfg: GeneratorConfig, e: Table, rng, ids: np.ndarray, past_impressions: np.ndarray) -> Table:
-    n, s = len(ids), cfg.individual_latent_scale
-    category = draw(e["category_cdf"], rng, n)
-    brand, shop = _pick_brand(e, category, rng), e["shop_ids"][draw(e["shop_cdf"], rng, n)]
-    log_price = e["category_log_price"][category] + rng.normal(0, 0.6, n)
-    price = np.maximum(np.round(np.exp(log_price), 2), 0.5)
-    click_quality, buy_quality = rng.normal(0, cfg.id_effect_scale, (2, n))
-    click_latent = e["category_latent"][category] + rng.normal(0, s, (n, cfg.latent_dim))
-    buy_latent = e["category_buy_latent"][category]
-    buy_latent = buy_latent + rng.normal(0, s, buy_latent.shape)
-    item_click = click_quality + e["category_click"][category]
-    item_click += e["brand_click"][brand] + e["shop_click"][shop]
-    hist_ctr, hist_cvr, orders = _hist_rates(
-        rng, cfg, past_impressions, sigmoid(logit(cfg.click_rate) + item_click),
-        sigmoid(logit(cfg.cart_rate * cfg.conversion_rate) + buy_quality + e["category_buy"][category]),
-    )  # fmt: skip
-    reviews = rng.binomial(orders, 0.5)
-    # Ratings follow purchase quality, the more precisely the more reviews back them; 0 = no review yet.
-    rating = np.clip(np.round(4.1 + 1.5 * buy_quality + rng.normal(0, 1, n) / np.sqrt(reviews + 1), 1), 1, 5)
-    new = past_impressions <= 0
-    return {
-        "id": ids.astype(np.int64), "category": category.astype(np.int32), "brand": brand.astype(np.int32),
-        "shop": shop.astype(np.int32), "price": price.astype(np.float32),
-        "relative_log_price": (np.log(price) - e["category_log_price"][category]).astype(np.float32),
-        "click_quality": click_quality.astype(np.float32), "buy_quality": buy_quality.astype(np.float32),
-        "click_latent": click_latent.astype(np.float32), "buy_latent": buy_latent.astype(np.float32),
-        "hist_ctr": hist_ctr, "hist_cvr": hist_cvr,
-        "age_days": np.where(new, rng.random(n), 1 + rng.exponential(250, n)).astype(np.float32),
-        "review_count": reviews.astype(np.float32),
-        "item_rating": np.where(reviews > 0, rating, 0).astype(np.float32),
-        "shop_rating": e["shop_rating"][shop].astype(np.float32),
-    }  # fmt: skip

@@ -37,6 +37,7 @@ QUICK = {
     "serve_rows": 20_000,
     "serve_repeat": 1,
     "groups_rows": 20_000,
+    "headroom_rows": 20_000,
 }
 
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=OVERVIEW,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("what", choices=[*SECTIONS, "quality", "serve", "groups", "all"])
+    parser.add_argument("what", choices=[*SECTIONS, "quality", "serve", "groups", "headroom", "all"])
     parser.add_argument("--out", default="docs/bench-latest.json")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes for a smoke run (figures mean nothing)"
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--quality-epochs", type=_ints, default=[1, 20], help="Adult: fixed epochs of every library"
+    )
+    parser.add_argument(
+        "--headroom-rows", type=int, default=400_000, help="headroom: rows of the evaluation day scored"
     )
     parser.add_argument("--groups-rows", type=int, default=300_000, help="groups: rows of each of its 3 days")
     parser.add_argument(
@@ -150,7 +154,7 @@ def run(args, argv: list[str] | None = None) -> dict:
         list(SECTIONS)
         if args.what == "all"
         else []
-        if args.what in ("quality", "serve", "groups")
+        if args.what in ("quality", "serve", "groups", "headroom")
         else [args.what]
     )
     command = "python -m jobs.bench " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -197,6 +201,12 @@ def run(args, argv: list[str] | None = None) -> dict:
 
         results["groups"] = bench_groups(args)
         print_groups(results["groups"])
+
+    if args.what == "headroom":
+        from jobs.bench.headroom import bench_headroom, print_headroom
+
+        results["headroom"] = bench_headroom(args)
+        print_headroom(results["headroom"])
 
     if args.what == "serve":
         from jobs.bench.serve import bench_serve, print_serve

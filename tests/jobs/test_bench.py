@@ -3,6 +3,7 @@
 No timing is asserted anywhere: speed is measured by `make bench`, never by tests.
 """
 
+import datetime as dt
 import json
 import shutil
 from types import SimpleNamespace
@@ -10,11 +11,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from jobs.bench.common import day
 from jobs.bench.flops import count_flops, model_flops, pooling_flops_per_sample, synthetic_batch
 from jobs.bench.growth import fit_line, plan_growth
+from jobs.bench.headroom import EVAL_DAY, headroom
 from jobs.bench.report import COLUMNS, format_table, summary_rows
+from jobs.logsim import World, file_rng
+from jobs.make_logs import GeneratorConfig
 from mtl_rec.config import from_dict
 from mtl_rec.config.model import ModelConfig, parse_tasks
+from mtl_rec.evaluation import exact_auc
 from mtl_rec.models.model import MultiTaskModel
 from tests.pipelines.tables import tiny_spec
 
@@ -145,3 +151,22 @@ def test_growth_and_summary_table_from_a_tiny_run(generated_logs, tmp_path, ray_
     assert all(line.count("|") == len(COLUMNS) + 1 for line in table)
     assert [c.strip() for c in table[0].strip("|").split("|")] == list(COLUMNS)
     assert results["summary"] == [dict(zip(results["summary"][0], r.cells())) for r in rows]
+
+
+def test_headroom_starts_at_the_oracle_and_every_part_taken_out_costs_auc():
+    result = headroom(40_000)
+    oracle, *single, every = result["runs"]
+    assert oracle["removed"] == [] and every["removed"] == ["per_id", "domain_cross", "segment_cross"]
+    # the oracle row is the truth columns' own AUC: the same rows, the same arithmetic, so exact
+    world = World(GeneratorConfig(seed=0))
+    epoch_day = (day(EVAL_DAY) - dt.date(1970, 1, 1)).days
+    truth = world.sample(file_rng(0, epoch_day, 0), epoch_day, 40_000, 0.0, 1.0).columns
+    assert oracle["auc"]["ctr"] == exact_auc(truth["click"], truth["_truth_p_click"])
+    clicked = truth["click"] == 1
+    cvr = exact_auc(truth["conversion"][clicked], truth["_truth_p_conversion_given_click"][clicked])
+    assert oracle["auc"]["cvr"] == cvr
+    for run in single:  # each part carries signal on the click and on the purchase side
+        assert run["auc"]["ctr"] < oracle["auc"]["ctr"] - 0.003, run
+        assert run["auc"]["cvr"] < oracle["auc"]["cvr"] - 0.003, run
+    for task, auc in every["auc"].items():  # all three cost more than any one of them
+        assert auc < min(run["auc"][task] for run in single) - 0.005, (task, every)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from jobs.logsim import World, file_rng
 from jobs.make_logs import SCHEMA, GeneratorConfig, generate_logs, main
 
 START = dt.date(2026, 11, 18)
@@ -322,3 +323,31 @@ def test_domain_task_correlation_sets_how_each_domains_purchases_follow_its_clic
     features = [name for name in SCHEMA.names if name not in {"cart", "conversion"} and "given" not in name]
     features = [name for name in features if name != "_truth_p_ctcvr"]
     assert table.select(features).equals(default.select(features))  # only the post-click outcomes move
+
+
+def test_world_without_parts_keeps_the_rows_and_takes_out_exactly_those_parts():
+    config = GeneratorConfig(seed=0)
+    world, day, rows = World(config), 20_600, 30_000  # a day with its own cohort of new ids
+    stream = lambda: file_rng(config.seed, day, 0)  # noqa: E731
+    truth = world.sample(stream(), day, rows, 0.0, 1.0).columns
+    # exact: the same arithmetic on the same rows
+    same = world.without(()).probabilities(stream(), day, rows, 0.0, 1.0)
+    for name, column_name in (("p_click", "p_click"), ("p_cart_given_click", "p_cart_given_click")):
+        assert np.array_equal(same[name], truth[f"_truth_{column_name}"])
+    assert np.array_equal(same["p_conversion_given_click"], truth["_truth_p_conversion_given_click"])
+
+    # Without the domain x category effects the click logit is the true one minus exactly them.
+    removed = world.without(("domain_cross",)).probabilities(stream(), day, rows, 0.0, 1.0)
+    to_logit = lambda p: np.log(p.astype(np.float64)) - np.log1p(-p.astype(np.float64))  # noqa: E731
+    effect = world.effects["domain_click"][truth["domain"], truth["category"]]  # [rows]
+    effect = effect - np.asarray(config.domain_click_shift, np.float64)[truth["domain"]]
+    assert effect.std() > 0.2  # the check below can fail
+    np.testing.assert_allclose(
+        to_logit(truth["_truth_p_click"]) - to_logit(removed["p_click"]), effect, atol=1e-4
+    )
+    # Without per-id parts two users of one segment differ in nothing the click logit sees of them.
+    per_id = world.without(("per_id",))
+    assert not per_id.base["user"]["click_bias"].any() and not per_id.base["item"]["buy_quality"].any()
+    assert world.base["user"]["click_bias"].std() > 0.1, "the world itself must keep its parts"
+    with pytest.raises(ValueError, match="unknown parts"):
+        world.without(("ids",))
