@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--groups-method", default="uncertainty", help="groups: the weighting method of both runs"
     )
     parser.add_argument(
+        "--groups-set", action="append", default=[], metavar="KEY=VALUE", help="groups: override, both runs"
+    )
+    parser.add_argument(
         "--groups-correlation",
         type=lambda t: [float(x) for x in t.split(",")],
         default=[0.9, 0.9, 0.0],

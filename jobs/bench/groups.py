@@ -61,11 +61,11 @@ def bench_groups(args) -> dict:
     logs = _logs(root, args.groups_rows, tuple(args.groups_correlation), spec)
     train_dates = f"{FIRST}..{FIRST + dt.timedelta(days=1)}"
     eval_date = str(FIRST + dt.timedelta(days=2))
-    method = f"weighting.method={args.groups_method}"
-    logged = "train.log_every=10"  # the per-group weights, often enough to plot
+    # --groups-set: the method's params (e.g. PE-LTR's weighting.params.min_weight), in both runs
+    overrides = [f"weighting.method={args.groups_method}", "train.log_every=10", *args.groups_set]
     runs = {
-        "global": load_run_config(args.train_config, [method, logged]),
-        "groups": load_run_config(args.train_config, [method, logged, "weighting.groups={column: domain}"]),
+        "global": load_run_config(args.train_config, overrides),
+        "groups": load_run_config(args.train_config, [*overrides, "weighting.groups={column: domain}"]),
     }
     with local_ray():
         for name, cfg in runs.items():
@@ -96,6 +96,7 @@ def bench_groups(args) -> dict:
     return {
         "config": args.train_config,
         "method": args.groups_method,
+        "overrides": list(args.groups_set),
         "rows_per_day": args.groups_rows,
         "domain_task_correlation": list(args.groups_correlation),
         "train_dates": train_dates,
