@@ -129,15 +129,21 @@ def table_collisions(inventory, spec) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from mtl_rec.transform import map_ids
+    from mtl_rec.transform import filled, map_ids, single_ids
 
     distinct: dict[str, list[np.ndarray]] = {name: [] for name in spec.tables}
     for log_file in inventory.files:
-        table = pq.read_table(log_file.path, columns=[f.column for f in spec.sparse])
+        columns = list(dict.fromkeys(c for f in spec.sparse for c in f.columns))
+        table = pq.read_table(log_file.path, columns=columns)
         for feature in spec.sparse:
-            column = table[feature.column].combine_chunks()
-            values = pc.list_flatten(column) if feature.multi_hot else column
-            raw = pc.drop_null(values).to_numpy(zero_copy_only=False).astype(np.int64)  # [n]
+            if feature.cross:  # the tuples that occur, from rows whose crossed ids are all valid
+                crossed = [table[c].combine_chunks() for c in feature.cross]
+                valid = np.logical_and.reduce([(filled(c, -1) >= 0) for c in crossed])  # [rows]
+                raw = single_ids(table.select(list(feature.cross)).filter(valid), feature)  # [n] >= 0
+            else:
+                column = table[feature.column].combine_chunks()
+                values = pc.list_flatten(column) if feature.multi_hot else column
+                raw = pc.drop_null(values).to_numpy(zero_copy_only=False).astype(np.int64)  # [n]
             distinct[feature.table].append(np.unique(raw[raw >= 0]))
     report = {}
     for name, parts in distinct.items():

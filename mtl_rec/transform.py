@@ -81,6 +81,24 @@ def map_ids(raw: np.ndarray, table_name: str, table: TableSpec) -> np.ndarray:
     return hashed.view(np.int64)
 
 
+def cross_ids(columns: list[np.ndarray]) -> np.ndarray:
+    """[B] int64 ids of crossed columns (each [B] non-negative int): one id per tuple of values, in
+    [0, 2**63), so it passes for any raw id. A chained splitmix64, order-sensitive ((a, b) and (b, a)
+    differ); the table's id map then hashes it into its rows like any other id."""
+    combined = splitmix64(columns[0].astype(np.int64, copy=False).view(np.uint64))
+    for column in columns[1:]:
+        combined = splitmix64(combined ^ column.astype(np.int64, copy=False).view(np.uint64))
+    combined >>= np.uint64(1)  # below 2**63: a non-negative int64
+    return combined.view(np.int64)
+
+
+def single_ids(table: pa.Table, feature) -> np.ndarray:
+    """[B] raw ids of a single-hot feature: its column, or the cross of its columns (cross_ids)."""
+    if feature.cross:
+        return cross_ids([flat(table[column]).to_numpy(zero_copy_only=False) for column in feature.cross])
+    return flat(table[feature.column]).to_numpy(zero_copy_only=False)
+
+
 def flat(column) -> pa.Array:
     """One Arrow array from a column that may be chunked."""
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -113,9 +131,14 @@ def feature_checks(table: pa.Table, spec: FeatureSpec):
     """Yield (reason, [B] bool or False) for every model input of every row, in a fixed order."""
     n = table.num_rows
     for feature in spec.sparse:
-        column = flat(table[feature.column])
         table_spec = spec.tables[feature.table]
         limit = table_spec.num_embeddings if table_spec.id_map == "identity" else None
+        for crossed in feature.cross:  # each crossed column's ids, as those of a hashed feature
+            column = flat(table[crossed])
+            yield from _id_checks(crossed, filled(column, 0), null_mask(column), None)
+        if feature.cross:
+            continue
+        column = flat(table[feature.column])
         if not feature.multi_hot:
             yield from _id_checks(feature.column, filled(column, 0), null_mask(column), limit)
             continue
@@ -191,10 +214,10 @@ def list_offsets(column: pa.Array) -> np.ndarray:
 def mapped_feature(table: pa.Table, spec: FeatureSpec, feature) -> tuple[np.ndarray, np.ndarray | None]:
     """A sparse feature's table rows: ([B] int64, None) single-hot, or (values [N] int64, offsets
     [B + 1] int32) multi-hot."""
-    column = flat(table[feature.column])
     table_spec = spec.tables[feature.table]
     if not feature.multi_hot:
-        return map_ids(column.to_numpy(zero_copy_only=False), feature.table, table_spec), None
+        return map_ids(single_ids(table, feature), feature.table, table_spec), None
+    column = flat(table[feature.column])
     values = pc.list_flatten(column).to_numpy(zero_copy_only=False)  # [sum of lengths]
     return map_ids(values, feature.table, table_spec), list_offsets(column)
 

@@ -37,7 +37,7 @@ from jobs.bench.quality_report import record
 from mtl_rec.config import FeatureSpec, SampleSpace
 from mtl_rec.evaluation import exact_auc
 from mtl_rec.metrics import EvalTarget, calibration_summary
-from mtl_rec.transform import dense_matrix
+from mtl_rec.transform import dense_matrix, single_ids
 from pipelines.read import inspect_logs, parse_dates, read_file_blocks
 from pipelines.validate import validate_block
 
@@ -72,13 +72,13 @@ def _frame(logs: str, dates: str, spec: FeatureSpec) -> Frame:
     table = pa.concat_tables(tables)
     columns: dict[str, np.ndarray] = {}
     for feature in spec.sparse:
-        column = table[feature.column].combine_chunks()
         if feature.multi_hot:
+            column = table[feature.column].combine_chunks()
             columns[feature.name] = (
                 pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.float64)
             )
-        else:
-            columns[feature.name] = column.to_numpy(zero_copy_only=False).astype(np.int64)
+        else:  # a cross feature's ids too: the baselines see every feature the models see
+            columns[feature.name] = single_ids(table, feature).astype(np.int64)
     for name in (*spec.labels, *(c for c in table.column_names if c.startswith(spec.truth_prefix))):
         columns[name] = table[name].combine_chunks().to_numpy(zero_copy_only=False)
     dense = dense_matrix(table, spec, None, scale=False).astype(np.float64)  # [N, D]

@@ -50,17 +50,28 @@ class TableSpec:
 @dataclass(frozen=True)
 class SparseFeature:
     """A categorical feature: an int64 column, or a list<int64> column when `multi_hot`.
-    It becomes one KeyedJaggedTensor key (`name`) looked up in `table`."""
+    It becomes one KeyedJaggedTensor key (`name`) looked up in `table`.
+
+    cross: a crossed feature (TorchEasyRec's ComboFeature, Wide & Deep's crossed columns) instead of
+    one column: two or more single-hot integer columns whose values TOGETHER are one id, e.g.
+    [domain, category]: one row per (domain, category) pair seen, in a hashed table, so a model
+    learns each pair's own effect (the same item category liked differently in each scene)."""
 
     name: str
     table: str
-    column: str = ""  # defaults to name
+    column: str = ""  # defaults to name; not read for a cross
     multi_hot: bool = False
     pooling: Pooling = "sum"
+    cross: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.column:
             object.__setattr__(self, "column", self.name)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The raw columns this feature reads: its crossed columns, or its one column."""
+        return self.cross or (self.column,)
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,20 @@ class FeatureSpec:
         unused = sorted(set(self.tables) - {f.table for f in self.sparse})
         if unused:
             problems.append(f"tables no feature reads: {', '.join(unused)}")
-        for feature in (*self.sparse, *self.dense):
+        for feature in self.sparse:
+            for column in feature.columns:
+                why = self._why_not_a_feature(column)
+                if why:
+                    problems.append(f"feature {feature.name!r} reads column {column!r}, which is {why}")
+            if feature.cross and (len(feature.cross) < 2 or feature.multi_hot):
+                problems.append(f"cross feature {feature.name!r} needs two or more single-hot columns")
+            table = self.tables.get(feature.table)
+            if feature.cross and table is not None and table.id_map == "identity":
+                problems.append(
+                    f"cross feature {feature.name!r}: table {feature.table!r} must hash (or mod) the "
+                    "crossed ids, not map them by identity"
+                )
+        for feature in self.dense:
             why = self._why_not_a_feature(feature.column)
             if why:
                 problems.append(f"feature {feature.name!r} reads column {feature.column!r}, which is {why}")
@@ -216,13 +240,13 @@ class FeatureSpec:
 
     def model_columns(self) -> list[str]:
         """The raw columns a prediction reads: sparse, dense, and the domain column (multi-domain)."""
-        wanted = [f.column for f in self.sparse] + [f.column for f in self.dense] + [self.domain_column]
-        return list(dict.fromkeys(c for c in wanted if c))
+        wanted = [c for f in self.sparse for c in f.columns] + [f.column for f in self.dense]
+        return list(dict.fromkeys(c for c in [*wanted, self.domain_column] if c))
 
     def input_columns(self) -> list[str]:
         """The Parquet columns the reader loads, in a stable order, without duplicates."""
         wanted = [self.id_column, self.time_column, self.group_key]
-        wanted += [f.column for f in self.sparse] + [f.column for f in self.dense]
+        wanted += [c for f in self.sparse for c in f.columns] + [f.column for f in self.dense]
         wanted += list(self.labels) + list(self.meta_columns)
         return list(dict.fromkeys(c for c in wanted if c))
 

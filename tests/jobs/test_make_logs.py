@@ -72,7 +72,8 @@ def test_schema_is_exact_and_covers_the_feature_spec(logs):
     spec = yaml.safe_load((Path(__file__).parents[2] / "jobs/configs/features.yaml").read_text())
     for feature in spec["sparse"]:
         expected = pa.list_(pa.int64()) if feature.get("multi_hot") else pa.int64()
-        assert types[feature["name"]] == expected, feature
+        for column in feature.get("cross") or [feature["name"]]:  # a cross reads its columns
+            assert types[column] == expected, feature
     assert all(types[feature["name"]] == pa.float32() for feature in spec["dense"])
     assert all(types[label] == pa.int8() for label in spec["labels"])
 

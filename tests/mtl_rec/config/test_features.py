@@ -18,7 +18,10 @@ SPEC = "jobs/configs/features.yaml"
 
 def test_default_spec_loads_with_shared_tables():
     spec = load_feature_spec(SPEC)
-    assert len(spec.sparse) == 21 and spec.num_dense == 13
+    assert len(spec.sparse) == 22 and spec.num_dense == 13
+    crossed = {f.name: f.cross for f in spec.sparse if f.cross}
+    assert crossed == {"domain_category": ("domain", "category")}
+    assert spec.tables["domain_category"].id_map == "hash"
     tables = {f.name: f.table for f in spec.sparse}
     assert tables["recent_categories"] == tables["category"] == "category"
     assert spec.tables["shop"].num_embeddings > 100_000
