@@ -18,7 +18,7 @@ Example::
     'request: 1 bad of 3 rows (user_id: negative id: 1 rows)'
     >>> inputs = model_inputs(table, spec, stats)
     >>> inputs.single.shape, inputs.dense.shape
-    ((3, 19), (3, 13))
+    ((3, 20), (3, 13))
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@
 
 hist_gbdt: scikit-learn's HistGradientBoostingClassifier on the raw columns, default settings (ids
            are numbers to it, as they are to a user who points it at the table).
-logreg:    L2 logistic regression on one-hot ids (ids seen fewer than 5 times on the training days
+           A crossed feature (the spec's `cross`) is left out: its columns are there already.
+logreg:    L2 logistic regression on one-hot ids, crossed features' ids too (Wide & Deep's crossed
+           columns; ids seen fewer than 5 times on the training days
            share one "rare" column, so unseen ids have a column too) and standardised dense values;
            its inverse strength C is chosen per target on a seeded 10% hold-out of the training
            rows (log loss over LOGREG_C), then the model is refit on every training row: the
@@ -111,7 +113,9 @@ def score(target: EvalTarget, frame: Frame, in_space: np.ndarray, probs: np.ndar
 
 
 def _gbdt_matrix(frame: Frame, spec: FeatureSpec) -> np.ndarray:
-    ids = [frame.columns[f.name].astype(np.float64) for f in spec.sparse]
+    # The raw columns only: a crossed id is a hash, meaningless as a number to split on, and the
+    # trees split on its columns themselves (the logistic regression one-hot encodes it instead).
+    ids = [frame.columns[f.name].astype(np.float64) for f in spec.sparse if not f.cross]
     return np.column_stack([*ids, frame.dense])  # [N, K + D]
 
 
