@@ -129,7 +129,7 @@ def table_collisions(inventory, spec) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from mtl_rec.transform import filled, map_ids, single_ids
+    from mtl_rec.transform import filled, map_ids, null_mask, single_ids
 
     distinct: dict[str, list[np.ndarray]] = {name: [] for name in spec.tables}
     for log_file in inventory.files:
@@ -137,8 +137,12 @@ def table_collisions(inventory, spec) -> dict:
         table = pq.read_table(log_file.path, columns=columns)
         for feature in spec.sparse:
             if feature.cross:  # the tuples that occur, from rows whose crossed ids are all valid
-                crossed = [table[c].combine_chunks() for c in feature.cross]
-                valid = np.logical_and.reduce([(filled(c, -1) >= 0) for c in crossed])  # [rows]
+                valid = np.ones(table.num_rows, dtype=bool)  # [rows]
+                for crossed in (table[c].combine_chunks() for c in feature.cross):
+                    valid &= filled(crossed, 0) >= 0
+                    nulls = null_mask(crossed)  # [rows] bool, or False when the column has none
+                    if nulls is not False:
+                        valid &= ~nulls
                 raw = single_ids(table.select(list(feature.cross)).filter(valid), feature)  # [n] >= 0
             else:
                 column = table[feature.column].combine_chunks()

@@ -189,7 +189,7 @@ class World:
         if unknown:
             raise ValueError(f"unknown parts {sorted(unknown)}; removable: {', '.join(REMOVABLE_PARTS)}")
         world = copy.copy(self)
-        world.removed = tuple(parts)
+        world.removed = tuple(dict.fromkeys((*self.removed, *parts)))  # on a world without some: both
         world.effects = dict(self.effects)
         if "domain_cross" in parts:
             for stage, shift in (

@@ -225,10 +225,12 @@ def load_checkpoint(
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Moments and steps from the checkpoint; the kernel choice (`fused`, `foreach`) stays this build's:
-    load_state_dict would take it from the saved groups, and a checkpoint written before the fused
-    kernels would turn them off for every later run warm-started from it."""
+    """Moments and steps from the checkpoint; the kernel choice (`fused`, `foreach`) stays this build's.
+    load_state_dict takes it from the saved groups, so a checkpoint written before the fused kernels
+    would turn them off for every later run warm-started from it; and it places each `step` by the
+    saved groups' flags (a fused kernel wants it on the parameter's device, float32), so the current
+    flags go into the saved groups before loading, not after."""
     kernels = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, kept in zip(optimizer.param_groups, kernels, strict=True):
-        group.update(kept)
+    saved_groups = state["param_groups"]  # a count that differs is load_state_dict's error to raise
+    groups = [{**saved, **kernels[i]} if i < len(kernels) else saved for i, saved in enumerate(saved_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})

@@ -350,5 +350,6 @@ def test_world_without_parts_keeps_the_rows_and_takes_out_exactly_those_parts():
     per_id = world.without(("per_id",))
     assert not per_id.base["user"]["click_bias"].any() and not per_id.base["item"]["buy_quality"].any()
     assert world.base["user"]["click_bias"].std() > 0.1, "the world itself must keep its parts"
+    assert per_id.without(("domain_cross",)).removed == ("per_id", "domain_cross")  # parts add up
     with pytest.raises(ValueError, match="unknown parts"):
         world.without(("ids",))
