@@ -151,29 +151,22 @@ class World:
         """n impressions of `day` filling the traffic quantiles [q0, q1) of the day, in time order."""
         impressions = self._features(rng, day, n, q0, q1)
         columns = impressions.columns
-        p_click, p_cart, p_conv = self._probabilities(columns)
+        truth = self._truth(columns)
         # Labels come from the stored float32 probabilities, so the truth columns are exact.
-        click = rng.random(n) < p_click
-        cart = click & (rng.random(n) < p_cart)
-        conversion = cart & (rng.random(n) < p_conv)
-        p_conv_click = (p_cart.astype(np.float64) * p_conv).astype(np.float32)
+        click = rng.random(n) < truth["_truth_p_click"]
+        cart = click & (rng.random(n) < truth["_truth_p_cart_given_click"])
+        conversion = cart & (rng.random(n) < truth["_truth_p_conversion_given_cart"])
         for name in ("_affinity", "_position", "_cart_own", "_conversion_own"):
             del columns[name]
-        columns.update(
-            click=click.astype(np.int8), cart=cart.astype(np.int8), conversion=conversion.astype(np.int8),
-            _truth_p_click=p_click, _truth_p_cart_given_click=p_cart, _truth_p_conversion_given_cart=p_conv,
-            _truth_p_conversion_given_click=p_conv_click,
-            _truth_p_ctcvr=(p_click.astype(np.float64) * p_conv_click).astype(np.float32),
-        )  # fmt: skip
+        labels = {"click": click, "cart": cart, "conversion": conversion}
+        columns.update({name: label.astype(np.int8) for name, label in labels.items()}, **truth)
         return impressions
 
     def probabilities(self, rng: np.random.Generator, day: int, n: int, q0: float, q1: float) -> Table:
-        """The truth columns of the rows `sample` draws from this stream, without their labels:
-        {"p_click", "p_cart_given_click", "p_conversion_given_click"}, each [n] float32. On a world
-        `without` some parts: what a learner that knew every other part exactly would predict."""
-        p_click, p_cart, p_conv = self._probabilities(self._features(rng, day, n, q0, q1).columns)
-        p_conv_click = (p_cart.astype(np.float64) * p_conv).astype(np.float32)
-        return {"p_click": p_click, "p_cart_given_click": p_cart, "p_conversion_given_click": p_conv_click}
+        """The truth columns (`_truth_p_click`, ...) of the rows `sample` draws from this stream,
+        without their labels, each [n] float32. On a world `without` some parts: what a learner that
+        knew every other part exactly would predict."""
+        return self._truth(self._features(rng, day, n, q0, q1).columns)
 
     def without(self, parts: tuple[str, ...]) -> World:
         """A copy of this world with `parts` (of REMOVABLE_PARTS) taken out of every logit, its
@@ -227,12 +220,18 @@ class World:
             users["buy_latent"] = np.zeros_like(users["buy_latent"])
         return {"user": users, "item": items}
 
-    def _probabilities(self, columns: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """p(click), p(cart | click), p(conversion | cart) of sampled rows, each [n] float32."""
+    def _truth(self, columns: Table) -> Table:
+        """The truth columns of sampled rows, each [n] float32: p(click), p(cart | click),
+        p(conversion | cart), p(conversion | click), p(click and conversion)."""
         intercepts = [self.calibration[f"{stage}_intercept"] for stage in ("click", "cart", "conversion")]
         logits = zip(intercepts, self._logits(columns), strict=True)
         p_click, p_cart, p_conv = (sigmoid(b + x).astype(np.float32) for b, x in logits)
-        return p_click, p_cart, p_conv
+        p_conv_click = (p_cart.astype(np.float64) * p_conv).astype(np.float32)
+        return {
+            "_truth_p_click": p_click, "_truth_p_cart_given_click": p_cart,
+            "_truth_p_conversion_given_cart": p_conv, "_truth_p_conversion_given_click": p_conv_click,
+            "_truth_p_ctcvr": (p_click.astype(np.float64) * p_conv_click).astype(np.float32),
+        }  # fmt: skip
 
     def _logits(self, parts: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Click, cart|click and conversion|cart logits without their intercepts."""

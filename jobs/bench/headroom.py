@@ -29,26 +29,18 @@ import numpy as np
 
 from jobs.bench.common import day
 from jobs.logsim import REMOVABLE_PARTS, World, file_rng
-from jobs.make_logs import GeneratorConfig
-from mtl_rec.evaluation import exact_auc
+from jobs.make_logs import GeneratorConfig, day_summary
 
 EVAL_DAY = 2  # the quality section's evaluation day (its training days are 0 and 1)
 REMOVALS = ((), *((part,) for part in REMOVABLE_PARTS), REMOVABLE_PARTS)
+TASKS = {"ctr": "click", "cvr": "conversion", "cart": "cart", "ctcvr": "ctcvr"}  # day_summary's auc_<key>
 
 
-def _aucs(probabilities: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
-    """{task: AUC} of probabilities {"p_click", ...} against the rows' labels, each over its space."""
-    clicked = labels["click"] == 1  # [n]
-    p_click, p_cart, p_conversion = (
-        probabilities[name] for name in ("p_click", "p_cart_given_click", "p_conversion_given_click")
-    )
-    p_ctcvr = p_click.astype(np.float64) * p_conversion  # [n]: p(click and conversion)
-    return {
-        "ctr": exact_auc(labels["click"], p_click),
-        "cvr": exact_auc(labels["conversion"][clicked], p_conversion[clicked]),
-        "cart": exact_auc(labels["cart"][clicked], p_cart[clicked]),
-        "ctcvr": exact_auc(labels["conversion"], p_ctcvr),
-    }
+def _aucs(truth: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
+    """{task: AUC} of truth columns {"_truth_p_click", ...} against the rows' labels, each over its
+    space: the generator's own per-day oracle AUCs (jobs.make_logs.day_summary)."""
+    summary = day_summary({**{name: labels[name] for name in ("click", "cart", "conversion")}, **truth})
+    return {task: summary[f"auc_{key}"] for task, key in TASKS.items()}
 
 
 def headroom(rows: int, config: GeneratorConfig | None = None, date: dt.date | None = None) -> dict:
@@ -61,8 +53,8 @@ def headroom(rows: int, config: GeneratorConfig | None = None, date: dt.date | N
     labels = world.sample(stream(), epoch_day, rows, 0.0, 1.0).columns
     runs = []
     for removed in REMOVALS:
-        probabilities = world.without(removed).probabilities(stream(), epoch_day, rows, 0.0, 1.0)
-        runs.append({"removed": list(removed), "auc": _aucs(probabilities, labels)})
+        truth = world.without(removed).probabilities(stream(), epoch_day, rows, 0.0, 1.0)
+        runs.append({"removed": list(removed), "auc": _aucs(truth, labels)})
         print(f"[headroom] without {', '.join(removed) or 'nothing'}: {runs[-1]['auc']}", flush=True)
     positives = {name: int(labels[name].sum()) for name in ("click", "cart", "conversion")}
     return {"date": date.isoformat(), "rows": rows, "positives": positives, "runs": runs}
