@@ -136,14 +136,15 @@ def table_collisions(inventory, spec) -> dict:
         columns = list(dict.fromkeys(c for f in spec.sparse for c in f.columns))
         table = pq.read_table(log_file.path, columns=columns)
         for feature in spec.sparse:
-            if feature.cross:  # the tuples that occur, from rows whose crossed ids are all valid
+            if feature.cross or feature.boundaries:  # ids of the rows whose columns are all valid
                 valid = np.ones(table.num_rows, dtype=bool)  # [rows]
-                for crossed in (table[c].combine_chunks() for c in feature.cross):
-                    valid &= filled(crossed, 0) >= 0
-                    nulls = null_mask(crossed)  # [rows] bool, or False when the column has none
+                for read in (table[c].combine_chunks() for c in feature.columns):
+                    if feature.cross:
+                        valid &= filled(read, 0) >= 0
+                    nulls = null_mask(read)  # [rows] bool (NaN too), or False when the column has none
                     if nulls is not False:
                         valid &= ~nulls
-                raw = single_ids(table.select(list(feature.cross)).filter(valid), feature)  # [n] >= 0
+                raw = single_ids(table.select(list(feature.columns)).filter(valid), feature)  # [n] >= 0
             else:
                 column = table[feature.column].combine_chunks()
                 values = pc.list_flatten(column) if feature.multi_hot else column

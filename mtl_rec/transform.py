@@ -92,11 +92,20 @@ def cross_ids(columns: list[np.ndarray]) -> np.ndarray:
     return combined.view(np.int64)
 
 
+def bucket_ids(values: np.ndarray, boundaries: tuple[float, ...]) -> np.ndarray:
+    """[B] numbers (no NaN) -> [B] int64 bucket ids in [0, len(boundaries)]: how many cut points are
+    <= each value (compared in float64, so an integer column buckets exactly)."""
+    cuts = np.asarray(boundaries, dtype=np.float64)  # [n]
+    return np.searchsorted(cuts, values.astype(np.float64, copy=False), side="right").astype(np.int64)
+
+
 def single_ids(table: pa.Table, feature) -> np.ndarray:
-    """[B] raw ids of a single-hot feature: its column, or the cross of its columns (cross_ids)."""
+    """[B] raw ids of a single-hot feature: its column, the cross of its columns (cross_ids), or its
+    numeric column's buckets (bucket_ids)."""
     if feature.cross:
         return cross_ids([flat(table[column]).to_numpy(zero_copy_only=False) for column in feature.cross])
-    return flat(table[feature.column]).to_numpy(zero_copy_only=False)
+    values = flat(table[feature.column]).to_numpy(zero_copy_only=False)
+    return bucket_ids(values, feature.boundaries) if feature.boundaries else values
 
 
 def flat(column) -> pa.Array:
@@ -139,6 +148,9 @@ def feature_checks(table: pa.Table, spec: FeatureSpec):
         if feature.cross:
             continue
         column = flat(table[feature.column])
+        if feature.boundaries:  # a number: every finite or infinite value has a bucket
+            yield f"{feature.column}: null or NaN (bucketized feature {feature.name})", null_mask(column)
+            continue
         if not feature.multi_hot:
             yield from _id_checks(feature.column, filled(column, 0), null_mask(column), limit)
             continue

@@ -93,6 +93,7 @@ def _expected_kind(spec: FeatureSpec) -> dict[str, str]:
     kinds = {spec.id_column: "int", spec.time_column: "int", spec.group_key: "key"}
     kinds.pop("", None)  # an optional row column the logs do not have (FeatureSpec)
     kinds |= {column: "int_list" if f.multi_hot else "int" for f in spec.sparse for column in f.columns}
+    kinds |= {f.column: "number" for f in spec.sparse if f.boundaries}  # bucketized numbers
     kinds |= {f.column: "number" for f in spec.dense}
     kinds |= {label: "label" for label in spec.labels}
     if spec.domain_column:  # multi-domain models index per-domain parameters with it

@@ -8,9 +8,10 @@
 
 hist_gbdt: scikit-learn's HistGradientBoostingClassifier on the raw columns, default settings (ids
            are numbers to it, as they are to a user who points it at the table).
-           A crossed feature (the spec's `cross`) is left out: its columns are there already.
-logreg:    L2 logistic regression on one-hot ids, crossed features' ids too (Wide & Deep's crossed
-           columns; ids seen fewer than 5 times on the training days
+           A crossed feature (the spec's `cross`) is left out: its columns are there already;
+           a bucketized one (`boundaries`) is its bucket index, ordered as the values are.
+logreg:    L2 logistic regression on one-hot ids, crossed and bucketized features' ids too (Wide &
+           Deep's crossed columns; ids seen fewer than 5 times on the training days
            share one "rare" column, so unseen ids have a column too) and standardised dense values;
            its inverse strength C is chosen per target on a seeded 10% hold-out of the training
            rows (log loss over LOGREG_C), then the model is refit on every training row: the

@@ -1,6 +1,6 @@
 """Convert a public dataset into the project's log layout, feature spec and presets.
 
-    python -m jobs.datasets adult --out data/adult [--cache ~/.cache/mtl-rec]
+    python -m jobs.datasets adult --out data/adult [--cache ~/.cache/mtl-rec] [--buckets N]
 
 Prints the row counts, positive rates and the `python -m jobs.train` command for the written logs.
 """
@@ -29,13 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=adult.DEFAULT_CACHE,
             help=f"where the downloaded source is kept (default {adult.DEFAULT_CACHE})",
         )
+        command.add_argument(
+            "--buckets",
+            type=int,
+            default=0,
+            help="also bucketize each numeric column into up to N quantile buckets of the training rows "
+            "(a sparse feature `<column>_bucket` beside the dense one); 0: none (default)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     write, describe, _ = DATASETS[args.dataset]
-    print(describe(write(args.out, args.cache)))
+    print(describe(write(args.out, args.cache, args.buckets)))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from mtl_rec.config.loader import ConfigError
 # Per kind of entry: the fields that must match (see the module doc). Sparse `pooling` is compared
 # per table (the pooling TorchRec applies), since a single-hot feature's pooling is moot.
 _TABLE_FIELDS = ("num_embeddings", "dim", "id_map", "pooling")
-_SPARSE_FIELDS = ("table", "column", "multi_hot", "cross")
+_SPARSE_FIELDS = ("table", "column", "multi_hot", "cross", "boundaries")
 _DENSE_FIELDS = ("column", "transform", "scaling")
 
 

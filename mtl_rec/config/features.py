@@ -18,6 +18,7 @@ every checkpoint; scoring, warm start and resume read it back from there::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -55,7 +56,12 @@ class SparseFeature:
     cross: a crossed feature (TorchEasyRec's ComboFeature, Wide & Deep's crossed columns) instead of
     one column: two or more single-hot integer columns whose values TOGETHER are one id, e.g.
     [domain, category]: one row per (domain, category) pair seen, in a hashed table, so a model
-    learns each pair's own effect (the same item category liked differently in each scene)."""
+    learns each pair's own effect (the same item category liked differently in each scene).
+
+    boundaries: a bucketized numeric column (TorchEasyRec's RawFeature `boundaries`) instead of an id
+    column: increasing cut points b_0 < ... < b_{n-1}; a value x gets id = #{i: b_i <= x}, in [0, n],
+    so its table needs at least n + 1 rows. A network then learns any shape of the value's effect, one
+    row per bucket, where the same value scaled as a dense feature enters the first layer linearly."""
 
     name: str
     table: str
@@ -63,6 +69,7 @@ class SparseFeature:
     multi_hot: bool = False
     pooling: Pooling = "sum"
     cross: tuple[str, ...] = ()
+    boundaries: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.column:
@@ -166,6 +173,8 @@ class FeatureSpec:
                     f"cross feature {feature.name!r}: table {feature.table!r} must hash (or mod) the "
                     "crossed ids, not map them by identity"
                 )
+            if feature.boundaries:
+                problems.extend(_boundary_problems(feature, table))
         for feature in self.dense:
             why = self._why_not_a_feature(feature.column)
             if why:
@@ -249,6 +258,21 @@ class FeatureSpec:
         wanted += [c for f in self.sparse for c in f.columns] + [f.column for f in self.dense]
         wanted += list(self.labels) + list(self.meta_columns)
         return list(dict.fromkeys(c for c in wanted if c))
+
+
+def _boundary_problems(feature: SparseFeature, table: TableSpec | None) -> list[str]:
+    """What is wrong with a bucketized feature: its cut points, its kind, its table's size."""
+    cuts, where = feature.boundaries, f"bucketized feature {feature.name!r}"
+    if feature.cross or feature.multi_hot:
+        return [f"{where} reads one numeric column: it cannot also be a cross or multi-hot"]
+    if not all(math.isfinite(b) for b in cuts) or any(a >= b for a, b in zip(cuts, cuts[1:])):
+        return [f"{where}: boundaries must be finite and strictly increasing, got {list(cuts)}"]
+    if table is not None and table.id_map == "identity" and table.num_embeddings < len(cuts) + 1:
+        return [
+            f"{where}: {len(cuts)} boundaries make {len(cuts) + 1} buckets, but table {feature.table!r} "
+            f"has {table.num_embeddings} rows"
+        ]
+    return []
 
 
 def load_feature_spec(path: str | Path, overrides: tuple[str, ...] = ()) -> FeatureSpec:

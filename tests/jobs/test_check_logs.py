@@ -1,13 +1,17 @@
 """jobs.check_logs: the data report counts every row once and says which tables collide."""
 
+import copy
 import datetime as dt
 import shutil
 from collections import defaultdict
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
 from jobs.check_logs import check_logs, table_collisions
+from mtl_rec.config import FeatureSpec, from_dict
 from mtl_rec.config.data import DataConfig
 from pipelines.read import inspect_logs
 from tests.pipelines.tables import TINY_SPEC, tiny_spec, tiny_table
@@ -66,3 +70,23 @@ def test_the_report_counts_every_row_once_and_lists_duplicates_and_collisions(tm
     assert f"- duplicate ids in {copy}: 300 rows repeat ids first seen in {first}" in markdown
     share = report["tables"]["user"]["share"]
     assert f"- warning: table user: {share:.1%} of its 300 ids share a row with another id" in markdown
+
+
+def test_a_bucketized_feature_reports_the_buckets_its_values_fall_in(tmp_path):
+    """Each bucket is one id of its identity table: the report counts the buckets the non-null
+    values reach (a null price is a bad row, not a bucket), none of them sharing a row."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["tables"]["price_bucket"] = {"num_embeddings": 4, "dim": 4, "id_map": "identity"}
+    spec["sparse"].append(
+        {"name": "price_bucket", "table": "price_bucket", "column": "price", "boundaries": [10, 90, 95]}
+    )
+    spec = from_dict(FeatureSpec, spec)
+    table = tiny_table(300, seed=4)
+    price = table["price"].to_numpy().astype(np.float64)  # uniform in [1, 100)
+    price[:5] = np.nan
+    nulls = pa.array(price, pa.float32(), mask=np.isnan(price))
+    _day(tmp_path, [table.set_column(table.schema.get_field_index("price"), "price", nulls)])
+    report = table_collisions(inspect_logs(tmp_path, [DAY], spec), spec)["price_bucket"]
+    reached = set(np.searchsorted([10, 90, 95], price[5:], side="right").tolist())
+    assert report["distinct_ids"] == report["rows_used"] == len(reached) == 4
+    assert report["ids_sharing_a_row"] == 0

@@ -21,6 +21,7 @@ from jobs.datasets import adult
 from jobs.datasets.__main__ import main
 from mtl_rec.config.features import ROW_ID_COLUMN, load_feature_spec
 from mtl_rec.run_config import load_run_config
+from mtl_rec.transform import bucket_ids
 from pipelines.read import inspect_logs, parse_dates
 
 CACHE = adult.DEFAULT_CACHE  # $MTL_REC_CACHE or ~/.cache/mtl-rec
@@ -108,6 +109,31 @@ def test_spec_loads_and_ids_lie_in_their_tables(adult_dir):
         assert np.isfinite(table[name].to_numpy()).all() and table[name].to_numpy().min() >= 0
     inventory = inspect_logs(adult_dir / "logs", parse_dates("1994-01-01..1994-01-05"), spec)
     assert inventory.rows == adult.ROWS  # the reader's footer checks pass on every day
+
+
+def test_buckets_bucketize_each_numeric_column_at_the_training_days_quantiles(adult_dir, tmp_path):
+    """`--buckets 32`: a sparse `<column>_bucket` feature per numeric column, its cut points equal
+    quantiles of the TRAINING days' values (the test day moves none), read by the pipeline's checks."""
+    from jobs.bench.baselines import load_frames
+
+    main(["adult", "--out", str(tmp_path / "bucketized"), "--cache", str(CACHE), "--buckets", "32"])
+    spec = load_feature_spec(tmp_path / "bucketized" / "features.yaml")
+    assert spec.sparse_names == (*adult.CATEGORICAL, *(f"{name}_bucket" for name in adult.DENSE))
+    assert spec.dense_names == tuple(adult.DENSE)  # the scaled values stay beside the buckets
+    days = read_logs(adult_dir)
+    train = pa.concat_tables(t for day, t in days.items() if day != "1994-01-05")  # [38,978 rows]
+    bucketized = {f.column: f for f in spec.sparse if f.boundaries}
+    for column, feature in bucketized.items():
+        cuts = adult.quantile_boundaries(train[column].to_numpy(), 32)
+        assert list(feature.boundaries) == cuts and spec.tables[feature.table].num_embeddings == len(cuts) + 1
+    ages = bucket_ids(train["age"].to_numpy(), bucketized["age"].boundaries)  # [N_train]
+    shares = np.bincount(ages) / len(ages)  # integer ages tie, so buckets are uneven, never empty
+    assert len(bucketized["age"].boundaries) >= 25 and shares.min() > 0 and shares.max() < 0.1
+    assert len(bucketized["capital_loss"].boundaries) <= 2  # 0 in ~95 % of rows: few distinct cuts
+    frames = load_frames(str(tmp_path / "bucketized" / "logs"), "1994-01-01..1994-01-04", "1994-01-05", spec)
+    assert np.array_equal(frames.train.columns["age_bucket"], ages)  # the reader, checks and transform's ids
+    with pytest.raises(ValueError, match="at least 2"):
+        adult.write_adult(tmp_path / "one", CACHE, buckets=1)
 
 
 @pytest.mark.parametrize("preset", adult.PRESETS)

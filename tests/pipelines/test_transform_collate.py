@@ -7,7 +7,15 @@ import torch
 
 from mtl_rec.config import FeatureSpec, SampleSpace, TableSpec, from_dict
 from mtl_rec.config.loader import ConfigError
-from mtl_rec.transform import cross_ids, feature_checks, first_failures, map_ids, splitmix64, table_salt
+from mtl_rec.transform import (
+    bucket_ids,
+    cross_ids,
+    feature_checks,
+    first_failures,
+    map_ids,
+    splitmix64,
+    table_salt,
+)
 from pipelines.collate import BatchLayout, collate
 from pipelines.transform import block_moments, reduce_moments, transform_block
 from tests.pipelines.tables import TINY_SPEC, tiny_spec, tiny_table
@@ -164,3 +172,42 @@ def test_a_cross_feature_checks_each_crossed_column_and_needs_a_hashed_table():
     one_column["sparse"][-1]["cross"] = ["device"]
     with pytest.raises(ConfigError, match="two or more single-hot columns"):
         from_dict(FeatureSpec, one_column)
+
+
+def _bucket_spec(boundaries=(5.0, 20.0, 50.0), rows: int = 4) -> dict:
+    """tiny_spec plus `price` bucketized into an identity table of its own (price stays dense too)."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["tables"]["price_bucket"] = {"num_embeddings": rows, "dim": 4, "id_map": "identity"}
+    spec["sparse"].append(
+        {"name": "price_bucket", "table": "price_bucket", "column": "price", "boundaries": list(boundaries)}
+    )
+    return spec
+
+
+def test_a_bucketized_feature_is_the_count_of_cut_points_at_or_below_the_value():
+    spec = from_dict(FeatureSpec, _bucket_spec())
+    table = tiny_table(6).set_column(
+        tiny_table(6).schema.get_field_index("price"), "price",
+        pa.array([0.5, 5.0, 19.99, 20.0, 75.0, np.inf], pa.float32()),
+    )  # fmt: skip
+    assert bucket_ids(table["price"].to_numpy(), (5.0, 20.0, 50.0)).tolist() == [0, 1, 1, 2, 3, 3]
+    out = transform_block(table, spec, _stats(table.slice(0, 5), spec), {})
+    assert out["sparse.price_bucket"].to_numpy().tolist() == [0, 1, 1, 2, 3, 3]
+    assert "price" in spec.input_columns() and "price_bucket" not in spec.input_columns()
+    # an integer column buckets exactly: 20 is at the cut point 20.0, so in the bucket above it
+    assert bucket_ids(np.array([4, 5, 20, 2**53 + 1], np.int64), (5.0, 20.0)).tolist() == [0, 1, 2, 2]
+
+
+def test_a_bucketized_feature_rejects_null_and_nan_and_checks_its_cut_points_and_table():
+    spec = from_dict(FeatureSpec, _bucket_spec())
+    price = pa.array([1.0, None, 3.0, np.nan, 5.0, 6.0], pa.float32())
+    bad = tiny_table(6).set_column(tiny_table(6).schema.get_field_index("price"), "price", price)
+    first, reasons = first_failures(feature_checks(bad, spec), bad.num_rows)  # sparse checks run first
+    assert np.flatnonzero(first >= 0).tolist() == [1, 3]
+    assert {reasons[c] for c in first[first >= 0]} == {"price: null or NaN (bucketized feature price_bucket)"}
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        from_dict(FeatureSpec, _bucket_spec(boundaries=(5.0, 5.0)))
+    with pytest.raises(ConfigError, match="finite"):
+        from_dict(FeatureSpec, _bucket_spec(boundaries=(5.0, float("inf"))))
+    with pytest.raises(ConfigError, match="3 boundaries make 4 buckets, but table 'price_bucket' has 3 rows"):
+        from_dict(FeatureSpec, _bucket_spec(rows=3))

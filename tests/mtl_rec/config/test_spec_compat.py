@@ -112,3 +112,18 @@ def test_config_differences_name_each_changed_setting_except_how_the_run_execute
         f"optim.dense.lr {saved['optim']['dense']['lr']} -> 0.01",
         "train.epochs 50 -> 3",  # the preset's most passes
     ]
+
+
+def test_moved_bucket_boundaries_change_what_the_rows_mean():
+    """A bucket's row learned the values between its cut points: moving them re-assigns rows."""
+
+    def spec(boundaries: list[float]) -> FeatureSpec:
+        data = load_yaml(SPEC)
+        data["tables"]["price_bucket"] = {"num_embeddings": 4, "dim": 16, "id_map": "identity"}
+        data["sparse"].append(
+            {"name": "price_bucket", "table": "price_bucket", "column": "price", "boundaries": boundaries}
+        )
+        return from_dict(FeatureSpec, data)
+
+    differences = spec_differences(spec([10, 50, 90]), spec([10, 50, 95]))
+    assert differences == ["sparse feature 'price_bucket' boundaries (10.0, 50.0, 90.0) -> (10.0, 50.0, 95.0)"]
