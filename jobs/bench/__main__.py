@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-single-task", dest="quality_single_task", action="store_false")
     parser.add_argument("--no-adult", dest="quality_adult", action="store_false")
     parser.add_argument(
+        "--adult-buckets", type=int, default=0, metavar="N",
+        help="quality on Adult converted with `--buckets N`: every library sees the bucket features",
+    )  # fmt: skip
+    parser.add_argument(
         "--serve-rows", type=int, default=200_000, help="serve: rows of its train and eval day"
     )
     parser.add_argument(

@@ -1,6 +1,8 @@
 """The quality section on UCI Adult: mtl-rec next to scikit-learn and the peer libraries, same rows.
 
     jobs.datasets.adult.write_adult(CACHE/adult)     the fixed split, feature spec and presets
+                                                     (--adult-buckets N: CACHE/adult-buckets-N, each
+                                                     numeric column bucketized too, for every library)
     sklearn   hist_gbdt, logreg                      jobs.bench.baselines, per task (epochs 1: a fit)
     mtl-rec   shared_bottom, mmoe, ple as presets    jobs.train, the presets' recipe: passes until
                                                      the validation hold-out stops improving, then
@@ -51,8 +53,9 @@ def _mtl_rec_run(args, data: Path, summary, model: str, overrides: list[str], na
 
 
 def adult_runs(args) -> list[dict]:
-    data = Path(args.cache) / "adult"
-    summary = write_adult(data)
+    buckets = getattr(args, "adult_buckets", 0)
+    data = Path(args.cache) / (f"adult-buckets-{buckets}" if buckets else "adult")
+    summary = write_adult(data, buckets=buckets)
     runs = _sklearn_runs(data, summary)
     with local_ray():
         for model in MODELS:  # the preset as a user runs it
@@ -79,4 +82,4 @@ def adult_runs(args) -> list[dict]:
                 f"[quality] adult {peer['library']} {peer['model']} epochs {epochs}: {peer['auc']}",
                 flush=True,
             )
-    return runs
+    return [{**run, "adult_buckets": buckets} for run in runs] if buckets else runs

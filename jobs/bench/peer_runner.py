@@ -9,7 +9,9 @@ Data: DATA/dataset.json (written by `python -m jobs.datasets`) names the train a
 sparse columns with their vocabulary sizes, the dense columns with their transforms and the labels;
 the rows are DATA/logs/dt=DATE/*.parquet, so the peers see exactly mtl-rec's rows. Sparse columns
 are already ids in [0, vocab); dense columns get mtl-rec's preprocessing: the transform (log1p), then
-a z-score with the training rows' mean and (population) standard deviation.
+a z-score with the training rows' mean and (population) standard deviation. A dataset converted with
+`--buckets N` lists each numeric column's cut points (`boundaries`): the peers then get the same
+`<column>_bucket` id features as mtl-rec's spec, so both sides see the same inputs.
 
 Models (sizes of torch-rechub's census example; every dense feature fed raw beside the embeddings):
   shared_bottom  bottom [117], towers [8]
@@ -106,6 +108,8 @@ def load_dataset(data: Path) -> Dataset:
     """DATA/dataset.json + the Parquet days -> Dataset, dense features transformed and scaled."""
     meta = json.loads((data / "dataset.json").read_text())
     vocab, transforms, tasks = dict(meta["sparse"]), dict(meta["dense"]), list(meta["labels"])
+    # `--buckets N` conversions: each numeric column is also a bucket id feature, as mtl-rec's spec has it
+    boundaries = {name: np.asarray(cuts, np.float64) for name, cuts in meta.get("boundaries", {}).items()}
     columns = [*vocab, *transforms, *tasks]
     frames = {
         "train": read_days(data / "logs", meta["train_dates"], columns),
@@ -124,7 +128,10 @@ def load_dataset(data: Path) -> Dataset:
             mean, std = dense["train"][name].mean(), dense["train"][name].std()
             scaled[name] = ((dense[part][name] - mean) / (std if std > 0 else 1.0)).astype(np.float32)
         sparse = {name: frame[name].to_numpy(np.int64) for name in vocab}
+        for name, cuts in boundaries.items():  # mtl_rec.transform.bucket_ids' rule (no mtl_rec import here)
+            sparse[f"{name}_bucket"] = np.searchsorted(cuts, frame[name].to_numpy(np.float64), side="right")
         splits[part] = Split(sparse, scaled, frame[tasks].to_numpy(np.float32))
+    vocab |= {f"{name}_bucket": len(cuts) + 1 for name, cuts in boundaries.items()}
     return Dataset(meta["dataset"], vocab, list(transforms), tasks, splits["train"], splits["test"])
 
 
