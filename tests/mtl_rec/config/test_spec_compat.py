@@ -126,4 +126,5 @@ def test_moved_bucket_boundaries_change_what_the_rows_mean():
         return from_dict(FeatureSpec, data)
 
     differences = spec_differences(spec([10, 50, 90]), spec([10, 50, 95]))
-    assert differences == ["sparse feature 'price_bucket' boundaries (10.0, 50.0, 90.0) -> (10.0, 50.0, 95.0)"]
+    moved = "(10.0, 50.0, 90.0) -> (10.0, 50.0, 95.0)"
+    assert differences == [f"sparse feature 'price_bucket' boundaries {moved}"]
