@@ -99,7 +99,7 @@ class Predictor:
             )
         else:
             self.program, self.runs = torch.export.load(str(self.model_dir / PROGRAM)).module(), PROGRAM
-        self._dense = {f.column for f in self.spec.dense}
+        self._dense = self.spec.numeric_columns()  # dense and bucketized values: numbers, not ids
         self._multi = {f.column for f in self.spec.sparse if f.multi_hot}
 
     def as_table(self, rows, source: str = "request") -> pa.Table:

@@ -92,9 +92,11 @@ def _expected_kind(spec: FeatureSpec) -> dict[str, str]:
     """Column -> type class the spec requires: int, int_list, number, label."""
     kinds = {spec.id_column: "int", spec.time_column: "int", spec.group_key: "key"}
     kinds.pop("", None)  # an optional row column the logs do not have (FeatureSpec)
-    kinds |= {column: "int_list" if f.multi_hot else "int" for f in spec.sparse for column in f.columns}
-    kinds |= {f.column: "number" for f in spec.sparse if f.boundaries}  # bucketized numbers
-    kinds |= {f.column: "number" for f in spec.dense}
+    kinds |= {column: "number" for column in spec.numeric_columns()}  # dense and bucketized values
+    # A column read as ids must hold integers, also where another feature reads it as a number.
+    kinds |= {
+        c: "int_list" if f.multi_hot else "int" for f in spec.sparse if not f.boundaries for c in f.columns
+    }
     kinds |= {label: "label" for label in spec.labels}
     if spec.domain_column:  # multi-domain models index per-domain parameters with it
         kinds[spec.domain_column] = "int"

@@ -33,9 +33,9 @@ vocabulary-size rows; 6 numeric columns are dense features, log1p before scaling
 (fnlwgt, capital_gain, capital_loss). With `--buckets N` each is also bucketized (`<column>_bucket`,
 the spec's `boundaries`): up to N buckets at the training rows' quantiles, one embedding row per
 bucket, so a model learns any shape of a number's effect (age's rise and fall) rather than a line.
-Off by default: at 32 it lifts every model's income AUC by 0.003-0.007 but costs never_married up
-to 0.004, and it lifts the tuned logistic regression more (0.8985 -> 0.9127 income), to the level
-of the networks (docs/benchmarks.md, 2026-12-07 session 12).
+Off by default: at 32 and 20 passes it lifts mtl-rec's income AUC by 0.003-0.007 but costs
+never_married 0.001-0.004, and it lifts the tuned logistic regression more (0.8985 -> 0.9127
+income), to the level of the networks (docs/benchmarks.md, 2026-12-07 session 12).
 
 The data has no row ids, no users and no timestamps, and the files invent none: the spec's
 `id_column`, `time_column` and `group_key` are "" (mtl_rec.config.FeatureSpec). Each row's id is
@@ -173,10 +173,12 @@ class Converted:
 
 
 def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
-    """[n] numbers -> increasing cut points at their (buckets - 1) inner quantiles, repeats merged:
-    a column of few distinct values (capital_loss is 0 in 95 % of rows) gets fewer buckets."""
-    cuts = np.quantile(values.astype(np.float64), np.linspace(0.0, 1.0, buckets + 1)[1:-1])  # [buckets - 1]
-    return [float(c) for c in np.unique(cuts)]
+    """[n] numbers -> increasing cut points at their (buckets - 1) inner quantiles, repeats merged
+    and any at the minimum dropped (bucket 0 would hold no training value): a column of few
+    distinct values (capital_loss is 0 in 95 % of rows) gets fewer buckets."""
+    values = values.astype(np.float64)  # [n]
+    cuts = np.unique(np.quantile(values, np.linspace(0.0, 1.0, buckets + 1)[1:-1]))  # [<= buckets - 1]
+    return [float(c) for c in cuts if c > values.min()]
 
 
 def convert(source: pa.Table, buckets: int = 0) -> Converted:

@@ -60,8 +60,9 @@ class SparseFeature:
 
     boundaries: a bucketized numeric column (TorchEasyRec's RawFeature `boundaries`) instead of an id
     column: increasing cut points b_0 < ... < b_{n-1}; a value x gets id = #{i: b_i <= x}, in [0, n],
-    so its table needs at least n + 1 rows. A network then learns any shape of the value's effect, one
-    row per bucket, where the same value scaled as a dense feature enters the first layer linearly."""
+    so its table maps ids by identity and has at least n + 1 rows. A network then learns any shape
+    of the value's effect, one row per bucket, where the same value scaled as a dense feature enters
+    the first layer linearly."""
 
     name: str
     table: str
@@ -243,6 +244,16 @@ class FeatureSpec:
     def table_features(self, table: str) -> tuple[str, ...]:
         return tuple(f.name for f in self.sparse if f.table == table)
 
+    def id_columns(self) -> set[str]:
+        """The columns read as integer ids: single-hot, multi-hot and crossed features' columns."""
+        return {c for f in self.sparse if not f.boundaries for c in f.columns}
+
+    def numeric_columns(self) -> set[str]:
+        """The columns read as numbers: dense features' and bucketized features' columns, except any
+        that another feature reads as ids (those must be integers)."""
+        numeric = {f.column for f in self.dense} | {f.column for f in self.sparse if f.boundaries}
+        return numeric - self.id_columns()
+
     @property
     def num_dense(self) -> int:
         return len(self.dense)
@@ -267,7 +278,9 @@ def _boundary_problems(feature: SparseFeature, table: TableSpec | None) -> list[
         return [f"{where} reads one numeric column: it cannot also be a cross or multi-hot"]
     if not all(math.isfinite(b) for b in cuts) or any(a >= b for a, b in zip(cuts, cuts[1:])):
         return [f"{where}: boundaries must be finite and strictly increasing, got {list(cuts)}"]
-    if table is not None and table.id_map == "identity" and table.num_embeddings < len(cuts) + 1:
+    if table is not None and table.id_map != "identity":  # hashed buckets would share rows
+        return [f"{where}: table {feature.table!r} must map bucket ids by identity, not {table.id_map}"]
+    if table is not None and table.num_embeddings < len(cuts) + 1:
         return [
             f"{where}: {len(cuts)} boundaries make {len(cuts) + 1} buckets, but table {feature.table!r} "
             f"has {table.num_embeddings} rows"

@@ -78,7 +78,7 @@ def test_a_bucketized_feature_reports_the_buckets_its_values_fall_in(tmp_path):
     spec = copy.deepcopy(TINY_SPEC)
     spec["tables"]["price_bucket"] = {"num_embeddings": 4, "dim": 4, "id_map": "identity"}
     spec["sparse"].append(
-        {"name": "price_bucket", "table": "price_bucket", "column": "price", "boundaries": [10, 90, 95]}
+        {"name": "price_bucket", "table": "price_bucket", "column": "price", "boundaries": [10, 90, 100]}
     )
     spec = from_dict(FeatureSpec, spec)
     table = tiny_table(300, seed=4)
@@ -87,6 +87,7 @@ def test_a_bucketized_feature_reports_the_buckets_its_values_fall_in(tmp_path):
     nulls = pa.array(price, pa.float32(), mask=np.isnan(price))
     _day(tmp_path, [table.set_column(table.schema.get_field_index("price"), "price", nulls)])
     report = table_collisions(inspect_logs(tmp_path, [DAY], spec), spec)["price_bucket"]
-    reached = set(np.searchsorted([10, 90, 95], price[5:], side="right").tolist())
-    assert report["distinct_ids"] == report["rows_used"] == len(reached) == 4
+    reached = set(np.searchsorted([10, 90, 100], price[5:], side="right").tolist())
+    # prices lie in [1, 100): buckets 0-2; a null counted as a value would reach bucket 3
+    assert report["distinct_ids"] == report["rows_used"] == len(reached) == 3
     assert report["ids_sharing_a_row"] == 0

@@ -23,7 +23,7 @@ import yaml
 
 from mtl_rec.checkpoint import save_checkpoint
 from mtl_rec.config import SampleSpace, from_dict
-from mtl_rec.config.features import ROW_ID_COLUMN, spec_yaml
+from mtl_rec.config.features import ROW_ID_COLUMN, SparseFeature, TableSpec, spec_yaml
 from mtl_rec.config.loader import ConfigError, to_dict
 from mtl_rec.config.run import RunConfig
 from mtl_rec.export import COMPILED, PROGRAM, TableLookup, export_run
@@ -32,6 +32,7 @@ from mtl_rec.metrics import eval_targets
 from mtl_rec.models import MODELS
 from mtl_rec.models.model import MultiTaskModel
 from mtl_rec.serve import ExportError, InvalidRowsError, Predictor
+from mtl_rec.transform import bucket_ids
 from pipelines.collate import BatchLayout, collate
 from pipelines.transform import block_moments, reduce_moments, transform_block
 from pipelines.validate import validate_block
@@ -331,6 +332,38 @@ def test_a_spec_without_multi_hot_features_or_row_columns_exports_and_serves(tmp
     )
     for name in served:
         assert_float32_close(served[name], trained[name], PREDICTION_ULPS, msg=name)
+
+
+def test_a_bucketized_number_that_is_not_a_dense_feature_serves_like_training(tmp_path):
+    """`price` read only as buckets (no dense price): serving takes it as a number, not as ids, and
+    rows sent as JSON floats (float64) land in the buckets their float32 log values do."""
+    base = tiny_spec()
+    bucketized = SparseFeature("price_bucket", "price_bucket", column="price", boundaries=(20.0, 50.0, 70.0))
+    spec = replace(
+        base,
+        tables={**base.tables, "price_bucket": TableSpec(4, 4, "identity")},
+        sparse=(*base.sparse, bucketized),
+        dense=tuple(f for f in base.dense if f.column != "price"),
+    )
+    assert "price" in spec.numeric_columns() and "price" not in spec.id_columns()
+    cfg = from_dict(RunConfig, ESMM_CONFIG)
+    torch.manual_seed(0)
+    model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu").eval()
+    stats = _saved_run(tmp_path / "run", model, cfg, spec)
+    export_run(tmp_path / "run", tmp_path / "model")
+    predictor = Predictor(tmp_path / "model")
+    rows = tiny_table(32, seed=2)
+    served = predictor.predict(rows)
+    trained = _training_path(rows, model, spec, stats, cfg)
+    for name in served:
+        assert_float32_close(served[name], trained[name], PREDICTION_ULPS, msg=name)
+    as_json = [{c: rows[c][i].as_py() for c in predictor.columns} for i in range(rows.num_rows)]
+    assert all(isinstance(row["price"], float) for row in as_json)  # Python floats: float64 values
+    for name, scores in predictor.predict(as_json).items():
+        np.testing.assert_array_equal(scores, served[name])
+    # a value just above a cut point in float64 that rounds onto it in float32 takes the cut's bucket
+    assert bucket_ids(np.array([np.nextafter(20.0, 21.0)]), (20.0,)).tolist() == [1]
+    assert bucket_ids(np.array([np.nextafter(20.0, 19.0)]), (20.0,)).tolist() == [1]  # float32(x) == 20.0
 
 
 def test_star_whose_domains_do_not_cover_the_specs_is_refused(tmp_path):

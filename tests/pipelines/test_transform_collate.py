@@ -17,6 +17,7 @@ from mtl_rec.transform import (
     table_salt,
 )
 from pipelines.collate import BatchLayout, collate
+from pipelines.read import _expected_kind
 from pipelines.transform import block_moments, reduce_moments, transform_block
 from tests.pipelines.tables import TINY_SPEC, tiny_spec, tiny_table
 
@@ -174,10 +175,10 @@ def test_a_cross_feature_checks_each_crossed_column_and_needs_a_hashed_table():
         from_dict(FeatureSpec, one_column)
 
 
-def _bucket_spec(boundaries=(5.0, 20.0, 50.0), rows: int = 4) -> dict:
+def _bucket_spec(boundaries=(5.0, 20.0, 50.0), rows: int = 4, id_map: str = "identity") -> dict:
     """tiny_spec plus `price` bucketized into an identity table of its own (price stays dense too)."""
     spec = copy.deepcopy(TINY_SPEC)
-    spec["tables"]["price_bucket"] = {"num_embeddings": rows, "dim": 4, "id_map": "identity"}
+    spec["tables"]["price_bucket"] = {"num_embeddings": rows, "dim": 4, "id_map": id_map}
     spec["sparse"].append(
         {"name": "price_bucket", "table": "price_bucket", "column": "price", "boundaries": list(boundaries)}
     )
@@ -211,3 +212,17 @@ def test_a_bucketized_feature_rejects_null_and_nan_and_checks_its_cut_points_and
         from_dict(FeatureSpec, _bucket_spec(boundaries=(5.0, float("inf"))))
     with pytest.raises(ConfigError, match="3 boundaries make 4 buckets, but table 'price_bucket' has 3 rows"):
         from_dict(FeatureSpec, _bucket_spec(rows=3))
+    with pytest.raises(ConfigError, match="must map bucket ids by identity, not hash"):
+        from_dict(FeatureSpec, _bucket_spec(rows=64, id_map="hash"))  # hashed buckets would share rows
+
+
+def test_a_column_read_as_ids_stays_an_integer_column_when_another_feature_buckets_it():
+    """The reader's type check and serving's column types: a bucketized column is a number, unless
+    another feature reads it as ids (then a float there would be truncated into an id)."""
+    spec = from_dict(FeatureSpec, _bucket_spec())
+    assert _expected_kind(spec)["price"] == "number" and "price" in spec.numeric_columns()
+    on_ids = _bucket_spec()
+    on_ids["sparse"][-1]["column"] = "category"  # category is also the `category` id feature
+    spec = from_dict(FeatureSpec, on_ids)
+    assert _expected_kind(spec)["category"] == "int" and "category" not in spec.numeric_columns()
+    assert "category" in spec.id_columns()
