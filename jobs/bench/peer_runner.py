@@ -128,8 +128,9 @@ def load_dataset(data: Path) -> Dataset:
             mean, std = dense["train"][name].mean(), dense["train"][name].std()
             scaled[name] = ((dense[part][name] - mean) / (std if std > 0 else 1.0)).astype(np.float32)
         sparse = {name: frame[name].to_numpy(np.int64) for name in vocab}
-        for name, cuts in boundaries.items():  # mtl_rec.transform.bucket_ids' rule (no mtl_rec import here)
-            sparse[f"{name}_bucket"] = np.searchsorted(cuts, frame[name].to_numpy(np.float64), side="right")
+        for name, cuts in boundaries.items():  # mtl_rec.transform.bucket_ids' rule (no mtl_rec import here):
+            values = frame[name].to_numpy(np.float32).astype(np.float64)  # compared as float32, as there
+            sparse[f"{name}_bucket"] = np.searchsorted(cuts, values, side="right")
         splits[part] = Split(sparse, scaled, frame[tasks].to_numpy(np.float32))
     vocab |= {f"{name}_bucket": len(cuts) + 1 for name, cuts in boundaries.items()}
     return Dataset(meta["dataset"], vocab, list(transforms), tasks, splits["train"], splits["test"])

@@ -359,6 +359,8 @@ def test_a_bucketized_number_that_is_not_a_dense_feature_serves_like_training(tm
         assert_float32_close(served[name], trained[name], PREDICTION_ULPS, msg=name)
     as_json = [{c: rows[c][i].as_py() for c in predictor.columns} for i in range(rows.num_rows)]
     assert all(isinstance(row["price"], float) for row in as_json)  # Python floats: float64 values
+    # Exact: the same 32 rows through the same program on the same machine, so the same arithmetic;
+    # only the buckets could differ, and one bucket off moves a score far beyond rounding.
     for name, scores in predictor.predict(as_json).items():
         np.testing.assert_array_equal(scores, served[name])
     # a value just above a cut point in float64 that rounds onto it in float32 takes the cut's bucket
