@@ -31,11 +31,11 @@ native_country) become int ids through a vocabulary of their sorted distinct val
 ('?', the source's missing marker, is a value of its own), read by identity-mapped tables of exactly
 vocabulary-size rows; 6 numeric columns are dense features, log1p before scaling where skewed
 (fnlwgt, capital_gain, capital_loss). With `--buckets N` each is also bucketized (`<column>_bucket`,
-the spec's `boundaries`): up to N buckets at the training rows' quantiles, one embedding row per
-bucket, so a model learns any shape of a number's effect (age's rise and fall) rather than a line.
-Off by default: at 32 and 20 passes it lifts mtl-rec's income AUC by 0.003-0.007 but costs
-never_married 0.001-0.004, and it lifts the tuned logistic regression more (0.8985 -> 0.9127
-income), to the level of the networks (docs/benchmarks.md, 2026-12-07 session 12).
+the spec's `boundaries`): up to N buckets at the training rows' quantiles, a value held by more
+than 1 / N of the rows in a bucket of its own (`quantile_boundaries`), one embedding row per
+bucket, so a model learns any shape of a number's effect (age's rise and fall, capital_gain's
+thresholds) rather than a line. Off by default, because it lifts the tuned logistic regression as
+much as the networks (docs/benchmarks.md, session 13).
 
 The data has no row ids, no users and no timestamps, and the files invent none: the spec's
 `id_column`, `time_column` and `group_key` are "" (mtl_rec.config.FeatureSpec). Each row's id is
@@ -173,12 +173,26 @@ class Converted:
 
 
 def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
-    """[n] numbers -> increasing cut points at their (buckets - 1) inner quantiles, repeats merged
-    and any at the minimum dropped (bucket 0 would hold no training value): a column of few
-    distinct values (capital_loss is 0 in 95 % of rows) gets fewer buckets."""
+    """[n] numbers -> at most (buckets - 1) increasing cut points, each a value of the column.
+
+    A value that more than 1 / buckets of the rows hold (an atom: capital_gain is 0 in 92 % of rows)
+    gets a bucket of its own, cut at it and at the next value above it; the other values are cut at
+    their quantiles with the cuts left over. Plain quantiles would spend every cut inside the atom
+    and leave capital_gain 2 buckets, so no model could tell 3,000 from 15,000 (docs/benchmarks.md,
+    session 13). Cuts are values of the column ("lower" quantiles), so no bucket is empty of training
+    rows; none lies at the minimum (bucket 0 would be empty).
+    """
     values = values.astype(np.float64)  # [n]
-    cuts = np.unique(np.quantile(values, np.linspace(0.0, 1.0, buckets + 1)[1:-1]))  # [<= buckets - 1]
-    return [float(c) for c in cuts if c > values.min()]
+    distinct, counts = np.unique(values, return_counts=True)  # [d], [d]
+    atoms = distinct[counts * buckets > len(values)]  # [a] values more than 1 / buckets of the rows hold
+    above = np.searchsorted(distinct, atoms, side="right")  # [a] index of the next value up
+    cuts = {*atoms.tolist(), *distinct[above[above < len(distinct)]].tolist()}
+    rest = values[~np.isin(values, atoms)]  # [n - rows at atoms]
+    left = buckets - 1 - len(cuts)
+    if len(rest) and left > 0:
+        inner = np.linspace(0.0, 1.0, left + 2)[1:-1]  # [left] inner quantile levels
+        cuts |= set(np.quantile(rest, inner, method="lower").tolist())
+    return [float(c) for c in sorted(cuts) if c > values.min()]
 
 
 def convert(source: pa.Table, buckets: int = 0) -> Converted:
