@@ -62,6 +62,21 @@ def _kind_problem(column: str, array: pa.Array, multi_hot: bool, dense: bool) ->
     return None if pa.types.is_integer(t) else f"{column}: expected integer ids, got {t}"
 
 
+# Rows per call of the program: the reference MMoE's activations for 4,096 rows (~4 x 4 MiB) stay in
+# the CPU's caches; at 65,536 rows a call the float32 AOTInductor program ran 86k rows/s against
+# 148k at 4,096 (2 cores; docs/benchmarks.md, serving, session 13).
+PROGRAM_ROWS = 4096
+
+
+def program_slices(rows: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of at most PROGRAM_ROWS rows covering `rows` >= MIN_ROWS, none
+    shorter than the program's MIN_ROWS (a short tail joins the slice before it)."""
+    starts = list(range(0, rows, PROGRAM_ROWS))
+    if len(starts) > 1 and rows - starts[-1] < MIN_ROWS:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], rows]))
+
+
 class Predictor:
     """An export directory (python -m jobs.export) loaded for scoring; see module doc.
 
@@ -167,6 +182,20 @@ class Predictor:
                 raise InvalidRowsError(describe_failures(source, first, reasons))
         return table
 
+    def _run_program(self, inputs, start: int, stop: int) -> np.ndarray:
+        """The program on rows [start, stop) of `inputs` (mtl_rec.transform.ModelInputs) -> [rows, T]."""
+        rest = []
+        for values, offsets in inputs.multi:  # values_k [N_k], offsets_k [B + 1] -> this slice's
+            first, last = offsets[start], offsets[stop]
+            rest += [
+                torch.from_numpy(values[first:last]),
+                torch.from_numpy(offsets[start : stop + 1] - first),
+            ]
+        if self.manifest["inputs"].get("domain"):  # a program that reads each row's domain: [rows] ids first
+            rest.insert(0, torch.from_numpy(inputs.domain[start:stop]))
+        single, dense = inputs.single[start:stop], inputs.dense[start:stop]  # [rows, S], [rows, D]
+        return self.program(torch.from_numpy(single), torch.from_numpy(dense), *rest).numpy()
+
     def predict(self, rows, source: str = "request") -> dict[str, np.ndarray]:
         """rows -> {target: [B] float32 probability}, in the manifest's target order."""
         return self.predict_checked(self.check(rows, source))
@@ -179,14 +208,7 @@ class Predictor:
         if rows < MIN_ROWS:  # the program's smallest batch: the row again, its copy's scores dropped
             table = pa.concat_tables([table] * MIN_ROWS)
         inputs = model_inputs(table, self.spec, self.stats)
-        rest = [
-            torch.from_numpy(a) for pair in inputs.multi for a in pair
-        ]  # values_k [N_k], offsets_k [B + 1]
-        if self.manifest["inputs"].get("domain"):  # a program that reads each row's domain: [B] ids first
-            rest.insert(0, torch.from_numpy(inputs.domain))
         with torch.no_grad():
-            probabilities = self.program(
-                torch.from_numpy(inputs.single), torch.from_numpy(inputs.dense), *rest
-            )
-        probabilities = probabilities.numpy()[:rows]  # [B, T]
+            parts = [self._run_program(inputs, a, b) for a, b in program_slices(table.num_rows)]
+        probabilities = np.concatenate(parts)[:rows]  # [B, T]
         return {name: probabilities[:, j] for j, name in enumerate(self.targets)}
