@@ -155,6 +155,13 @@ ESMM_CONFIG = {
 }
 
 
+def star_chain() -> tuple:
+    """(tiny_spec with a `scene` domain column of 3 domains, STAR under the ESMM chain reading it)."""
+    spec = replace(tiny_spec(), domain_column="scene", num_domains=3)
+    star = {"arch": "star", "params": {"num_domains": 3, "domain_column": "scene"}}
+    return spec, from_dict(RunConfig, {"model": star, "tasks": CHAIN_TASKS, "sharding": {"tables": {}}})
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(export dir, the unsharded model it came from, spec, stats, config) on tiny_spec: an ESMM chain."""
@@ -404,15 +411,7 @@ def test_a_bfloat16_backbone_serves_within_its_rounding_of_float32(exported, tmp
         assert np.corrcoef(ranks(low[name]), ranks(full[name]))[0, 1] > 0.999, name
     # STAR (alone or under ESCM2) computes the task logits inside the backbone: bfloat16 would round
     # the logits themselves, so that export is refused rather than served with tied scores
-    spec = replace(tiny_spec(), domain_column="scene", num_domains=3)
-    star = from_dict(
-        RunConfig,
-        {
-            "model": {"arch": "star", "params": {"num_domains": 3, "domain_column": "scene"}},
-            "tasks": CHAIN_TASKS,
-            "sharding": {"tables": {}},
-        },
-    )
+    spec, star = star_chain()
     _saved_run(tmp_path / "star", MultiTaskModel(spec, star.model, star.tasks, device="cpu"), star, spec)
     with pytest.raises(ConfigError, match="computes the task logits itself"):
         export_run(tmp_path / "star", tmp_path / "star-bf16", dense="bfloat16")

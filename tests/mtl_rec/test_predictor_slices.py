@@ -4,27 +4,23 @@ row: multi-hot lists (each slice's offsets rebased), each row's domain (STAR), a
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
 import mtl_rec.serve as serve
-from mtl_rec.config import from_dict
-from mtl_rec.config.run import RunConfig
 from mtl_rec.export import MIN_ROWS, export_run
 from mtl_rec.models.model import MultiTaskModel
 from mtl_rec.serve import Predictor, program_slices
 from tests.harness import assert_float32_close
 from tests.mtl_rec.test_export import (
-    CHAIN_TASKS,
     PREDICTION_ULPS,
     _saved_run,
     exported,  # noqa: F401 (a fixture: an ESMM chain with multi-hot features)
+    star_chain,
 )
-from tests.pipelines.tables import tiny_spec, tiny_table
+from tests.pipelines.tables import tiny_table
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 
@@ -42,15 +38,7 @@ def test_slices_cover_every_row_once_and_none_is_shorter_than_the_programs_minim
 
 def _star_export(root) -> Predictor:
     """STAR reads each row's domain: the program's first extra input, sliced like the rows."""
-    spec = replace(tiny_spec(), domain_column="scene", num_domains=3)
-    cfg = from_dict(
-        RunConfig,
-        {
-            "model": {"arch": "star", "params": {"num_domains": 3, "domain_column": "scene"}},
-            "tasks": CHAIN_TASKS,
-            "sharding": {"tables": {}},
-        },
-    )
+    spec, cfg = star_chain()
     torch.manual_seed(0)
     model = MultiTaskModel(spec, cfg.model, cfg.tasks, device="cpu")
     with torch.no_grad():  # rows of visible size, per-domain weights off their equal start: a row
