@@ -62,15 +62,16 @@ def _kind_problem(column: str, array: pa.Array, multi_hot: bool, dense: bool) ->
     return None if pa.types.is_integer(t) else f"{column}: expected integer ids, got {t}"
 
 
-# Rows per call of the program: the reference MMoE's activations for 4,096 rows (~4 x 4 MiB) stay in
-# the CPU's caches; at 65,536 rows a call the float32 AOTInductor program ran 86k rows/s against
-# 148k at 4,096 (2 cores; docs/benchmarks.md, serving, session 13).
+# Rows per call of the program (a short tail joins the call before it): the reference MMoE's
+# activations for 4,096 rows (~4 x 4 MiB) stay in the CPU's caches; at 65,536 rows a call the
+# float32 AOTInductor program ran 86k rows/s against 148k at 4,096 (2 cores; docs/benchmarks.md,
+# serving, session 13).
 PROGRAM_ROWS = 4096
 
 
 def program_slices(rows: int) -> list[tuple[int, int]]:
-    """[start, stop) row ranges of at most PROGRAM_ROWS rows covering `rows` >= MIN_ROWS, none
-    shorter than the program's MIN_ROWS (a short tail joins the slice before it)."""
+    """[start, stop) row ranges covering `rows` >= MIN_ROWS in order: PROGRAM_ROWS each, the last
+    shorter, or up to MIN_ROWS - 1 longer where a tail shorter than the program's MIN_ROWS joins it."""
     starts = list(range(0, rows, PROGRAM_ROWS))
     if len(starts) > 1 and rows - starts[-1] < MIN_ROWS:
         starts.pop()

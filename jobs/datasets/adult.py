@@ -176,23 +176,35 @@ def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
     """[n] numbers -> at most (buckets - 1) increasing cut points, each a value of the column.
 
     A value that more than 1 / buckets of the rows hold (an atom: capital_gain is 0 in 92 % of rows)
-    gets a bucket of its own, cut at it and at the next value above it; the other values are cut at
-    their quantiles with the cuts left over. Plain quantiles would spend every cut inside the atom
-    and leave capital_gain 2 buckets, so no model could tell 3,000 from 15,000 (docs/benchmarks.md,
-    session 13). Cuts are values of the column ("lower" quantiles), so no bucket is empty of training
-    rows; none lies at the minimum (bucket 0 would be empty).
+    gets a bucket of its own, cut at it and at the next value above it, heaviest atoms first while
+    the cuts last; the other values are cut at their quantiles with the cuts left over. Plain
+    quantiles spend every cut inside the atom: they left capital_gain 2 cut points (3 buckets), so
+    no model could tell 3,000 from 15,000 (docs/benchmarks.md, session 13). Cuts are values of the
+    column ("lower" quantiles), so no bucket is empty of training rows; none lies at the minimum
+    (bucket 0 would be empty). Floats are compared as float32, as mtl_rec.transform.bucket_ids
+    reads them, so a value and its cut fall in the same bucket there.
     """
+    if np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float32)  # [n]: bucket_ids' rounding
     values = values.astype(np.float64)  # [n]
     distinct, counts = np.unique(values, return_counts=True)  # [d], [d]
-    atoms = distinct[counts * buckets > len(values)]  # [a] values more than 1 / buckets of the rows hold
-    above = np.searchsorted(distinct, atoms, side="right")  # [a] index of the next value up
-    cuts = {*atoms.tolist(), *distinct[above[above < len(distinct)]].tolist()}
-    rest = values[~np.isin(values, atoms)]  # [n - rows at atoms]
-    left = buckets - 1 - len(cuts)
+    budget = buckets - 1
+    cuts: set[float] = set()
+    kept = []  # indices into distinct of the atoms with buckets of their own
+    for i in np.argsort(-counts, kind="stable"):  # heaviest first
+        if counts[i] * buckets <= len(values):
+            break  # no more atoms
+        own = {float(distinct[j]) for j in (i, i + 1) if 0 < j < len(distinct)}  # not at the minimum
+        if len(cuts | own) > budget:
+            break
+        cuts |= own
+        kept.append(i)
+    rest = values[~np.isin(values, distinct[kept])]  # [n - rows at the kept atoms]
+    left = budget - len(cuts)
     if len(rest) and left > 0:
-        inner = np.linspace(0.0, 1.0, left + 2)[1:-1]  # [left] inner quantile levels
-        cuts |= set(np.quantile(rest, inner, method="lower").tolist())
-    return [float(c) for c in sorted(cuts) if c > values.min()]
+        inner = np.linspace(0.0, 1.0, left + 2)[1:-1]  # [left] inner quantile levels of the rest
+        cuts |= {c for c in np.quantile(rest, inner, method="lower").tolist() if c > distinct[0]}
+    return sorted(cuts)
 
 
 def convert(source: pa.Table, buckets: int = 0) -> Converted:

@@ -129,7 +129,8 @@ def test_buckets_bucketize_each_numeric_column_at_the_training_days_quantiles(ad
     ages = bucket_ids(train["age"].to_numpy(), bucketized["age"].boundaries)  # [N_train]
     shares = np.bincount(ages) / len(ages)  # integer ages tie, so buckets are uneven
     assert len(bucketized["age"].boundaries) >= 25 and shares.max() < 0.1
-    for column, feature in bucketized.items():  # every bucket holds training rows
+    for column, feature in bucketized.items():  # at most 32 buckets, each holding training rows
+        assert len(feature.boundaries) <= 31, column
         ids = bucket_ids(train[column].to_numpy(), feature.boundaries)  # [N_train]
         assert np.bincount(ids, minlength=len(feature.boundaries) + 1).min() > 0, column
     gains = train["capital_gain"].to_numpy()  # 0 in ~92 % of rows: an atom with a bucket of its own,
@@ -144,6 +145,20 @@ def test_buckets_bucketize_each_numeric_column_at_the_training_days_quantiles(ad
         assert np.array_equal(peers.train.sparse[feature.name], frames.train.columns[feature.name])
     with pytest.raises(ValueError, match="at least 2"):
         adult.write_adult(tmp_path / "one", CACHE, buckets=1)
+
+
+def test_bucket_cut_points_keep_within_the_budget_and_cut_as_bucket_ids_reads():
+    """Atoms heavier than 1 / N get buckets of their own, heaviest first, while the N - 1 cuts last;
+    a float64 column is cut as bucket_ids reads it (rounded to float32), so its atom keeps its bucket."""
+    rng = np.random.default_rng(0)
+    atoms = np.concatenate([np.full(26, 0.0), np.full(26, 5.0), np.full(26, 10.0), rng.uniform(0, 12, 22)])
+    cuts = adult.quantile_boundaries(atoms, 4)  # 0 is the minimum (1 cut), 5 takes 2: none left for 10
+    ids = bucket_ids(atoms, tuple(cuts))  # [100]
+    assert len(cuts) == 3 and 5.0 in cuts and np.bincount(ids).min() > 0
+    assert np.sum(ids == ids[26]) == 26  # the bucket of 5 holds the 5s alone
+    decimal = np.array([0.1] * 10 + [0.7] * 80 + [0.9] * 10)  # float64 values float32 cannot hold
+    ids = bucket_ids(decimal, tuple(adult.quantile_boundaries(decimal, 8)))
+    assert np.bincount(ids).tolist() == [10, 80, 10]
 
 
 @pytest.mark.parametrize("preset", adult.PRESETS)
