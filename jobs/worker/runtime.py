@@ -46,8 +46,9 @@ from pipelines.collate import BatchLayout
 
 
 class NoDropDataConfig(RayDataConfig):
-    """Ray Train's DataConfig, but every dataset is split with equal=False: no row is dropped.
-    `preserve_order` keeps block order (reproducible single-worker runs)."""
+    """Ray Train's DataConfig, but every dataset is split with equal=False: no row is dropped (one
+    worker iterates the whole dataset, unsplit). `preserve_order` keeps block order (reproducible
+    single-worker runs)."""
 
     def __init__(self, preserve_order: bool = False) -> None:
         super().__init__()
@@ -61,6 +62,12 @@ class NoDropDataConfig(RayDataConfig):
                 warnings.filterwarnings("ignore", "`ExecutionOptions.exclude_resources` is deprecated")
                 ds.context.execution_options = self._resolve_execution_options(name)
             ds.context.execution_options.preserve_order = self.preserve_order
+            if world_size == 1:
+                # The one worker runs the streaming executor itself. A split of one would start a
+                # coordinator actor per dataset first: ~1.5 s before the first batch, a third of a
+                # 20-pass UCI Adult run's time (docs/benchmarks.md). The rows are the same.
+                output[0][name] = ds.iterator()
+                continue
             for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
                 output[i][name] = split
         return output

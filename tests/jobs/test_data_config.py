@@ -1,0 +1,38 @@
+"""NoDropDataConfig: how Ray Train hands a dataset's rows to the workers (jobs.worker.runtime)."""
+
+import numpy as np
+import ray
+from ray.data._internal.iterator.stream_split_iterator import StreamSplitDataIterator
+
+from jobs.worker.runtime import NoDropDataConfig
+
+ROWS = 1_003  # not a multiple of 2: Ray's equal=True split would drop a row
+
+
+@ray.remote(num_cpus=0.5)
+class Consumer:
+    def ids(self, iterator) -> np.ndarray:
+        return np.concatenate([b["id"] for b in iterator.iter_batches(batch_size=100, batch_format="numpy")])
+
+
+def _delivered(iterators: list) -> list[np.ndarray]:
+    # the shards of a streaming split are read at the same time, by one consumer each (as workers do)
+    consumers = [Consumer.remote() for _ in iterators]
+    return ray.get([c.ids.remote(it) for c, it in zip(consumers, iterators)])
+
+
+def test_one_worker_reads_the_dataset_itself_and_two_split_it_without_dropping_a_row(ray_local):
+    dataset = ray.data.range(ROWS, override_num_blocks=7)
+    config = NoDropDataConfig()
+
+    (one,) = config.configure({"train": dataset}, 1, None, None)
+    # no split of one: that would start a coordinator actor before the first batch
+    assert not isinstance(one["train"], StreamSplitDataIterator)
+    (ids,) = _delivered([one["train"]])
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+
+    two = config.configure({"train": dataset}, 2, None, None)
+    assert all(isinstance(shard["train"], StreamSplitDataIterator) for shard in two)
+    delivered = _delivered([shard["train"] for shard in two])
+    assert all(len(ids) > 0 for ids in delivered)
+    assert np.array_equal(np.sort(np.concatenate(delivered)), np.arange(ROWS))  # each row exactly once
