@@ -218,9 +218,10 @@ def collate_tables(tables: Iterator[pa.Table], layout: BatchLayout) -> Iterator:
 def start_early(batches: Iterator) -> Iterator:
     """Start pulling the first batch of `batches` now, in a background thread; iterate the result later.
 
-    The first batch of a Ray Train shard waits for seconds of start-up: Ray Train creates the
-    split's coordinator actor on the first get_dataset_shard, the coordinator starts the read tasks
-    on the first request, and their worker processes may have to be started. A worker that calls
+    The first batch of a Ray Train shard waits for seconds of start-up: with several workers Ray
+    Train creates the split's coordinator actor on the first get_dataset_shard; the executor (the
+    coordinator, or a lone worker itself) starts the read tasks on the first request, and their
+    worker processes may have to be started. A worker that calls
     this before building its model overlaps that wait with the model's construction and sharding.
     The thread only runs Ray calls (no torch collectives), and the iterator is never used from two
     threads at once: the caller's first next() joins the thread. An error is raised there.
