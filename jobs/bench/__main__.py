@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality-epochs", type=_ints, default=[1, 20], help="Adult: fixed epochs of every library"
     )
     parser.add_argument(
+        "--adult-repeat", type=int, default=2,
+        help="Adult: rounds of the fixed-epoch runs, alternating libraries; each run's fastest is kept",
+    )  # fmt: skip
+    parser.add_argument(
         "--headroom-rows", type=int, default=400_000, help="headroom: rows of the evaluation day scored"
     )
     parser.add_argument("--groups-rows", type=int, default=300_000, help="groups: rows of each of its 3 days")

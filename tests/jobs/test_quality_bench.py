@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 
 from jobs.bench.baselines import hist_gbdt, load_frames, logreg
 from jobs.bench.quality import SINGLE_TASKS
-from jobs.bench.quality_report import quality_goal_rows, quality_table, record
+from jobs.bench.quality_report import fastest_of_rounds, quality_goal_rows, quality_table, record
 from mtl_rec.config.features import load_feature_spec
 from mtl_rec.config.model import TaskConfig
 from mtl_rec.metrics import eval_targets
@@ -64,3 +64,21 @@ def test_goal_rows_compare_each_preset_with_the_baselines_on_the_same_dataset():
     assert not any("17 ep" in measure for measure in rows)  # the preset's run is no fixed-epoch one
     table = quality_table(runs)
     assert "| generated-100k | oracle |" in table and "0.7199 (1.06)" in table
+
+
+def test_rounds_keep_each_runs_fastest_round_and_every_rounds_speed():
+    first = [
+        _run("mtl-rec", "mmoe", {"a": 0.91}, dataset="adult", speed=80_000.0, epochs=20),
+        _run("torch-rechub", "mmoe", {"a": 0.92}, dataset="adult", speed=50_000.0, epochs=20),
+    ]
+    second = [
+        _run("mtl-rec", "mmoe", {"a": 0.91}, dataset="adult", speed=95_000.0, epochs=20),
+        _run("torch-rechub", "mmoe", {"a": 0.93}, dataset="adult", speed=40_000.0, epochs=20),
+    ]
+    kept = {run["library"]: run for run in fastest_of_rounds([first, second])}
+    assert len(kept) == 2
+    ours, peer = kept["mtl-rec"], kept["torch-rechub"]
+    assert ours["samples_per_s"] == 95_000.0 and ours["samples_per_s_runs"] == [80_000.0, 95_000.0]
+    assert "auc_runs" not in ours  # deterministic runs: one AUC
+    assert peer["samples_per_s"] == 50_000.0 and peer["auc"] == {"a": 0.92}  # the fastest round's record
+    assert peer["auc_runs"] == [{"a": 0.92}, {"a": 0.93}]  # rounds that disagree are all shown
