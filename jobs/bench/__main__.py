@@ -28,6 +28,7 @@ QUICK = {
     "weighting_batch_size": 1024,
     "repeat": 1,
     "train_repeat": 1,
+    "adult_repeat": 1,
     "weighting_steps": 2,
     "weighting_warmup": 1,
     "weighting_rounds": 1,
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--adult-repeat", type=int, default=2,
-        help="Adult: rounds of the fixed-epoch runs, alternating libraries; each run's fastest is kept",
+        help="Adult: rounds of the fixed-epoch runs, alternating libraries; each keeps its fastest speed",
     )  # fmt: skip
     parser.add_argument(
         "--headroom-rows", type=int, default=400_000, help="headroom: rows of the evaluation day scored"

@@ -11,7 +11,8 @@
       mtl-rec   shared_bottom, mmoe, ple             exactly that many passes over every training row
                                                      (no hold-out, no early stopping), like the peers
       peers     the same three models, same sizes    jobs.bench.peers, in their own venv
-    each (library, model) keeps its fastest round (quality_report.fastest_of_rounds)
+    each (library, model) keeps the first round's AUCs and the fastest round's samples/s
+    (quality_report.fastest_of_rounds)
 Records as jobs.bench.quality.record (dataset "adult", oracle_auc empty: real labels have no oracle).
 """
 
@@ -53,6 +54,10 @@ def _mtl_rec_run(args, data: Path, summary, model: str, overrides: list[str], na
     return cfg, metrics
 
 
+def _speed(samples_per_s) -> str:
+    return "n/a" if samples_per_s is None else f"{samples_per_s:,.0f}/s"
+
+
 def _fixed_epochs_round(args, data: Path, summary, epochs: int) -> list[dict]:
     """Every library's three models, exactly `epochs` passes each: one record per run."""
     runs = []
@@ -63,12 +68,12 @@ def _fixed_epochs_round(args, data: Path, summary, epochs: int) -> list[dict]:
             speed = metrics["train"]["samples_per_s"]
             runs.append(record("adult", "mtl-rec", model, epochs, metrics["tasks"], speed))
             auc = runs[-1]["auc"]
-            print(f"[quality] adult mtl-rec {model} epochs {epochs}: {auc} {speed:,.0f}/s", flush=True)
+            print(f"[quality] adult mtl-rec {model} epochs {epochs}: {auc} {_speed(speed)}", flush=True)
     for peer in peer_runs(data, epochs, MODELS):
         runs.append({**peer, "ece": peer.get("ece", {})})
         print(
             f"[quality] adult {peer['library']} {peer['model']} epochs {epochs}: {peer['auc']} "
-            f"{peer['samples_per_s']:,.0f}/s",
+            f"{_speed(peer['samples_per_s'])}",
             flush=True,
         )
     return runs
@@ -90,8 +95,9 @@ def adult_runs(args) -> list[dict]:
                 f"[quality] adult mtl-rec {model} preset ({passes_made} passes): {runs[-1]['auc']}",
                 flush=True,
             )
+    repeat = max(1, getattr(args, "adult_repeat", 1))
     for epochs in args.quality_epochs:
         # rounds alternate mtl-rec and the peers, so a slow spell of the shared machine hits both
-        rounds = [_fixed_epochs_round(args, data, summary, epochs) for _ in range(max(1, args.adult_repeat))]
+        rounds = [_fixed_epochs_round(args, data, summary, epochs) for _ in range(repeat)]
         runs += fastest_of_rounds(rounds)
     return [{**run, "adult_buckets": buckets} for run in runs] if buckets else runs

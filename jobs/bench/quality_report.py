@@ -40,21 +40,24 @@ def record(dataset: str, library: str, model: str, epochs: int, tasks: dict, sam
 
 
 def fastest_of_rounds(rounds: list[list[dict]]) -> list[dict]:
-    """Records of the same runs made in several rounds -> one record per (library, model, epochs):
-    the round with the most samples/s (as `jobs.bench train` keeps the best of its runs: on a shared
-    machine a run is slowed by what else runs, never sped up), with every round's samples/s in
-    `samples_per_s_runs` and, where the rounds' AUCs differ, every round's in `auc_runs`."""
+    """Records of the same runs made in several rounds -> one record per (dataset, library, model,
+    epochs): the first round's, with samples/s the most any round reached (as `jobs.bench train`
+    keeps the best of its runs: on a shared machine a run is slowed by what else runs, never sped
+    up), every round's samples/s in `samples_per_s_runs` and, where the rounds' AUCs differ, every
+    round's AUC in `auc_runs`. The AUC kept does not depend on which round was fastest."""
     by_key: dict[tuple, list[dict]] = {}
     for records in rounds:
         for run in records:
-            by_key.setdefault((run["library"], run["model"], run["epochs"]), []).append(run)
+            key = (run["dataset"], run["library"], run["model"], run["epochs"], run.get("recipe"))
+            by_key.setdefault(key, []).append(run)
     kept = []
     for runs in by_key.values():
-        best = max(runs, key=lambda run: run["samples_per_s"] or 0.0)
-        extra = {"samples_per_s_runs": [run["samples_per_s"] for run in runs]}
+        speeds = [run["samples_per_s"] for run in runs]
+        measured = [speed for speed in speeds if speed is not None]
+        extra = {"samples_per_s": max(measured) if measured else None, "samples_per_s_runs": speeds}
         if any(run["auc"] != runs[0]["auc"] for run in runs):
             extra["auc_runs"] = [run["auc"] for run in runs]
-        kept.append({**best, **extra})
+        kept.append({**runs[0], **extra})
     return kept
 
 

@@ -64,8 +64,8 @@ class NoDropDataConfig(RayDataConfig):
             ds.context.execution_options.preserve_order = self.preserve_order
             if world_size == 1:
                 # The one worker runs the streaming executor itself. A split of one would start a
-                # coordinator actor per dataset first: ~1.5 s before the first batch, a third of a
-                # 20-pass UCI Adult run's time (docs/benchmarks.md). The rows are the same.
+                # coordinator actor per dataset before the first batch: a 20-pass UCI Adult MMoE ran
+                # 67-80k samples/s that way, 101-115k this way (docs/benchmarks.md). Same rows.
                 output[0][name] = ds.iterator()
                 continue
             for i, split in enumerate(ds.streaming_split(world_size, equal=False)):

@@ -99,7 +99,8 @@ def train_worker(inputs: WorkerInputs) -> None:
             ))  # fmt: skip
         return collate_tables(tables, inputs.layout)
 
-    # The shard's start-up (split coordinator, read tasks) overlaps building and sharding the model.
+    # The shard's start-up (the executor, read tasks; a split coordinator with several workers)
+    # overlaps building and sharding the model.
     # (A run resumed in a later epoch draws its first epoch's shuffle with epoch 0's seed.)
     first_epoch = None if cfg.train.prebuilt_batches else start_early(epoch_batches(0))
     torch.manual_seed(cfg.train.seed)  # the same initial dense weights on every rank

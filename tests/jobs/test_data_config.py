@@ -11,14 +11,18 @@ ROWS = 1_003  # not a multiple of 2: Ray's equal=True split would drop a row
 
 @ray.remote(num_cpus=0.5)
 class Consumer:
-    def ids(self, iterator) -> np.ndarray:
-        return np.concatenate([b["id"] for b in iterator.iter_batches(batch_size=100, batch_format="numpy")])
+    def ids(self, iterator, passes: int = 1) -> list[np.ndarray]:
+        return [  # one array per pass over the same iterator, as a worker reads one per epoch
+            np.concatenate([b["id"] for b in iterator.iter_batches(batch_size=100, batch_format="numpy")])
+            for _ in range(passes)
+        ]
 
 
-def _delivered(iterators: list) -> list[np.ndarray]:
+def _delivered(iterators: list, passes: int = 1) -> list:
     # the shards of a streaming split are read at the same time, by one consumer each (as workers do)
     consumers = [Consumer.remote() for _ in iterators]
-    return ray.get([c.ids.remote(it) for c, it in zip(consumers, iterators)])
+    delivered = ray.get([c.ids.remote(it, passes) for c, it in zip(consumers, iterators)])
+    return [ids[0] for ids in delivered] if passes == 1 else delivered
 
 
 def test_one_worker_reads_the_dataset_itself_and_two_split_it_without_dropping_a_row(ray_local):
@@ -30,6 +34,12 @@ def test_one_worker_reads_the_dataset_itself_and_two_split_it_without_dropping_a
     assert not isinstance(one["train"], StreamSplitDataIterator)
     (ids,) = _delivered([one["train"]])
     assert np.array_equal(np.sort(ids), np.arange(ROWS))
+
+    # the config's execution options reach the lone worker's executor, pass after pass
+    (ordered,) = NoDropDataConfig(preserve_order=True).configure({"train": dataset}, 1, None, None)
+    assert ordered["train"].get_context().execution_options.preserve_order
+    ((first, second),) = _delivered([ordered["train"]], passes=2)  # every epoch reads every row again
+    assert np.array_equal(first, np.arange(ROWS)) and np.array_equal(second, np.arange(ROWS))
 
     two = config.configure({"train": dataset}, 2, None, None)
     assert all(isinstance(shard["train"], StreamSplitDataIterator) for shard in two)
