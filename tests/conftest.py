@@ -5,6 +5,10 @@ import pytest
 # FBGEMM clamps out-of-range ids to row 0 with only a warning; make it fatal in tests.
 os.environ.setdefault("FBGEMM_TBE_BOUNDS_CHECK_MODE", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train's controller polls its workers every 2 s, so a fit ends up to 2 s after its workers
+# do; the tests' runs last seconds (set here, before any Ray starts: drivers in subprocesses
+# inherit it, and Ray Train hands RAY_TRAIN_* variables on to its controller).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 @pytest.fixture(scope="session")

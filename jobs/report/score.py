@@ -10,7 +10,7 @@ unnoticed there, and load_run says so).
 
 The days then go through the same Ray Data chain as training (pipelines.dataset.build_dataset with
 the run's own statistics and the sample-space masks of its metrics), one dataset per model and day,
-split across a TorchTrainer of the checkpoint's world size with jobs.worker.runtime.NoDropDataConfig
+split across a TorchTrainer of the checkpoint's world size with jobs.worker.data_config.NoDropDataConfig
 (equal=False: no row lost). Each worker shards the model with the checkpoint's sharding types
 (plan.json), loads the checkpoint, and walks its shard in lockstep with padding batches under
 torch.no_grad.

@@ -1,7 +1,7 @@
 """What every Ray Train worker of mtl-rec shares, training and scoring alike.
 
 - `make_trainer`: the TorchTrainer (gloo on CPU, NCCL where the cluster has GPUs; one worker per
-  GPU by default), datasets split with `NoDropDataConfig`.
+  GPU by default), datasets split with `NoDropDataConfig` (jobs/worker/data_config.py).
 - `start_worker`: quiet libraries, torch threads, the worker's device.
 - `sharded_from`: the MultiTaskModel sharded by DMP, with the sharding types of the checkpoint it
   will load pinned, so the checkpoint's optimizer state fits.
@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ray
 import ray.train
 import torch
-from ray.train import DataConfig as RayDataConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from jobs.worker.data_config import NoDropDataConfig
 from mtl_rec.batch import Batch
 from mtl_rec.config.features import FeatureSpec
 from mtl_rec.config.run import RunConfig
@@ -43,34 +42,6 @@ from mtl_rec.quiet import quiet_libraries
 from mtl_rec.sharding import ShardedModel, plan_types, shard_model
 from mtl_rec.step import StepBatch
 from pipelines.collate import BatchLayout
-
-
-class NoDropDataConfig(RayDataConfig):
-    """Ray Train's DataConfig, but every dataset is split with equal=False: no row is dropped (one
-    worker iterates the whole dataset, unsplit). `preserve_order` keeps block order (reproducible
-    single-worker runs)."""
-
-    def __init__(self, preserve_order: bool = False) -> None:
-        super().__init__()
-        self.preserve_order = preserve_order
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = [{} for _ in range(world_size)]
-        for name, ds in datasets.items():
-            ds = ds.copy(ds)
-            with warnings.catch_warnings():  # Ray's own default sets the deprecated field (Ray 2.60)
-                warnings.filterwarnings("ignore", "`ExecutionOptions.exclude_resources` is deprecated")
-                ds.context.execution_options = self._resolve_execution_options(name)
-            ds.context.execution_options.preserve_order = self.preserve_order
-            if world_size == 1:
-                # The one worker runs the streaming executor itself. A split of one would start a
-                # coordinator actor per dataset before the first batch: a 20-pass UCI Adult MMoE ran
-                # 67-80k samples/s that way, 101-115k this way (docs/benchmarks.md). Same rows.
-                output[0][name] = ds.iterator()
-                continue
-            for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
-                output[i][name] = split
-        return output
 
 
 def make_trainer(

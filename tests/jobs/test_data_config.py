@@ -1,10 +1,10 @@
-"""NoDropDataConfig: how Ray Train hands a dataset's rows to the workers (jobs.worker.runtime)."""
+"""NoDropDataConfig: how Ray Train hands a dataset's rows to the workers (jobs.worker.data_config)."""
 
 import numpy as np
 import ray
 from ray.data._internal.iterator.stream_split_iterator import StreamSplitDataIterator
 
-from jobs.worker.runtime import NoDropDataConfig
+from jobs.worker.data_config import NoDropDataConfig
 
 ROWS = 1_003  # not a multiple of 2: Ray's equal=True split would drop a row
 

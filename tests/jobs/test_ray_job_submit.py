@@ -33,7 +33,10 @@ def _free_port() -> int:
 
 
 def _env(token: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # not this session's Ray settings (RAY_ADDRESS and the like), but Ray Train's poll interval
+    # (tests/conftest.py): the job's driver hands it to its controller
+    keep = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") or k in keep}
     bin_dir = str(Path(sys.executable).parent)  # the venv's ray, python and our package
     env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     env.update(FBGEMM_TBE_BOUNDS_CHECK_MODE="0", RAY_USAGE_STATS_ENABLED="0")
