@@ -82,8 +82,8 @@ def ray_head(tmp_path_factory):
         pytest.fail("the Ray head's job server did not come up in 120 s")
     yield {"address": address, "env": env, "token": token}
     os.killpg(head.pid, signal.SIGTERM)
-    try:  # a graceful stop takes ~30 s; the job is over, so the rest of the group is killed after 10 s
-        head.wait(timeout=10)
+    try:  # a graceful stop takes ~30 s; the job is over, so the rest of the group is killed after 3 s
+        head.wait(timeout=3)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
