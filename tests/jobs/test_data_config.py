@@ -1,11 +1,16 @@
 """NoDropDataConfig: how Ray Train hands a dataset's rows to the workers (jobs.worker.data_config)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import ray
 from ray.data._internal.iterator.stream_split_iterator import StreamSplitDataIterator
 
 from jobs.worker.data_config import NoDropDataConfig
 
+ROOT = Path(__file__).resolve().parents[2]
 ROWS = 1_003  # not a multiple of 2: Ray's equal=True split would drop a row
 
 
@@ -46,3 +51,15 @@ def test_one_worker_reads_the_dataset_itself_and_two_split_it_without_dropping_a
     delivered = _delivered([shard["train"] for shard in two])
     assert all(len(ids) > 0 for ids in delivered)
     assert np.array_equal(np.sort(np.concatenate(delivered)), np.arange(ROWS))  # each row exactly once
+
+
+def test_the_data_config_imports_no_torch():
+    # Ray Train's controller unpickles the dataset config, importing its module before any worker
+    # starts: torch and torchrec there cost every fit ~2.4 s of CPU (docs/benchmarks.md, start-up).
+    check = (
+        "import sys; import jobs.worker.data_config;"
+        "heavy = ('torch', 'torchrec', 'mtl_rec.models', 'jobs.worker.runtime');"
+        "heavy = sorted(m for m in heavy if m in sys.modules);"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True, timeout=120)
