@@ -9,6 +9,10 @@ growing confidence of later epochs, stops while the ranking still improves (UCI 
 out after ~18 passes, the income AUC keeps rising to ~100). Every rank computes it from the same
 all-gathered metrics (mtl_rec.metrics), so every rank makes the same decision.
 
+With `tables_phase`, the first time it would stop, the run instead restores the best epoch and
+trains the tables alone (jobs.worker.train); it stops once the epochs since both the phase began and
+the best epoch reach `patience`. The epoch the phase began is derived from the entries too.
+
 The state is the run's list of validation entries (RunProgress.validation), which the checkpoint
 carries: a resumed run knows its best epoch and how long it has waited.
 
@@ -45,11 +49,13 @@ def validation_score(metrics: dict[str, dict], metric: str = "ne") -> float | No
 class EarlyStopping:
     """patience: epochs without a better score before stopping (0: never stop early).
     history: the run's validation entries (one per epoch); update() appends to it.
-    metric:  what validation_score ranks epochs by ("ne" or "auc")."""
+    metric:  what validation_score ranks epochs by ("ne" or "auc").
+    tables_phase: stop only at the end of the tables-only phase (see the module docstring)."""
 
     patience: int
     history: list[dict] = field(default_factory=list)
     metric: str = "ne"
+    tables_phase: bool = False
 
     def _entries(self) -> list[dict]:
         return self.history
@@ -69,8 +75,30 @@ class EarlyStopping:
         return bool(score is not None and (before is None or score < before["validation_score"]))
 
     @property
+    def tables_phase_from(self) -> int | None:
+        """With tables_phase: the epoch after whose validation the tables-only phase began (the
+        first at which a run without it would have stopped), or None while it has not."""
+        if not self.tables_phase or not self.patience:
+            return None
+        best = None
+        for entry in self._entries():
+            if entry["validation_score"] is not None and (
+                best is None or entry["validation_score"] < best["validation_score"]
+            ):
+                best = entry
+            if best is not None and entry["epoch"] - best["epoch"] >= self.patience:
+                return entry["epoch"]
+        return None
+
+    @property
     def should_stop(self) -> bool:
         best, entries = self.best, self._entries()
         if not self.patience or best is None:
             return False
-        return entries[-1]["epoch"] - best["epoch"] >= self.patience
+        waited_from = best["epoch"]
+        if self.tables_phase:
+            began = self.tables_phase_from
+            if began is None or entries[-1]["epoch"] == began:
+                return False  # the phase has not begun, or begins now
+            waited_from = max(waited_from, began)
+        return entries[-1]["epoch"] - waited_from >= self.patience

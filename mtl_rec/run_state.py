@@ -38,6 +38,7 @@ class RunProgress:
     history: list[dict] = field(default_factory=list)
     validation: list[dict] = field(default_factory=list)  # one entry per epoch (mtl_rec.early_stopping)
     calibration: dict | None = None  # {task: Platt fit} once fitted (the model holds it from then on)
+    table_counts: dict | None = None  # {table: [rows] int64} for the tables-only phase (mtl_rec.table_l2)
     resumed_from: str | None = None
     audited_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rank 0
     _positions: list[np.ndarray] = field(default_factory=list)
@@ -85,6 +86,7 @@ class RunProgress:
         self.history = list(loaded.replicated.get("history", []))
         self.validation = list(loaded.replicated.get("validation", []))
         self.calibration = loaded.replicated.get("calibration")
+        self.table_counts = loaded.replicated.get("table_counts")
         self.audited_ids = loaded.replicated.get("audited_ids", self.audited_ids)
         self.resumed_from = f"step {self.position.step}, epoch {self.position.epoch}"
 
@@ -135,6 +137,8 @@ class RunProgress:
         }
         if self.audit:
             replicated["audited_ids"] = self.audited_ids
+        if self.table_counts is not None:
+            replicated["table_counts"] = self.table_counts
         files = {**files, POSITION_FILE: self.position.to_json()}
         manifest = {**manifest, "step": self.position.step, "epoch": self.position.epoch}
         save_checkpoint(target, path, files=files, manifest=manifest, replicated=replicated)

@@ -24,12 +24,13 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+from torchrec import KeyedJaggedTensor
 
 from mtl_rec.batch import Batch
 from mtl_rec.config.model import TaskConfig
@@ -86,6 +87,9 @@ class TrainPipeline:
     weighting: mtl_rec.weighting.build_weighting(...); a gradient method is attached to the
                backbone's parameters here
     step:      the index of the next step (a resumed run's position), the weighting's step argument
+
+    `table_regulariser`, when set (the tables-only phase, mtl_rec.table_l2), maps the pooled
+    embeddings and the batch's KJT to a per-row term added as the auxiliary loss "table_l2".
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class TrainPipeline:
         self.weighting, self.tasks = weighting, tuple(tasks)
         self.device = torch.device(device)
         self.step = step
+        self.table_regulariser: Callable[[Tensor, KeyedJaggedTensor], Tensor] | None = None
         self.aux_spaces = module.auxiliary_spaces()
         if weighting.requires_shared:  # gradient methods measure the per-task gradients on the backbone
             weighting.attach_shared(weighting.shared_parameters(module.backbone), bool(self.aux_spaces))
@@ -120,6 +125,8 @@ class TrainPipeline:
         else:
             losses = task_losses(outputs, batch, self.tasks)
             total, weights = self.weighting.combine(losses.losses, self.step)  # identical on every rank
+        if self.table_regulariser is not None:
+            outputs.aux["table_l2"] = self.table_regulariser(outputs.pooled, batch.sparse)  # [B]
         aux = auxiliary_losses(outputs.aux, self.aux_spaces, batch)  # regularisers, added unweighted
         if aux:
             total = total + torch.stack(list(aux.values())).sum()  # A x [] -> []

@@ -51,6 +51,7 @@ from mtl_rec.run_state import RunProgress
 from mtl_rec.schedule import LRSchedule, ScheduledLR
 from mtl_rec.sharding import describe_plan, plan_to_json
 from mtl_rec.step import StepBatch, StepResult, TrainPipeline
+from mtl_rec.table_l2 import FrequencyL2, all_reduce_counts, count_table_rows
 from mtl_rec.weighting import build_weighting
 from pipelines.cache import ShardCache
 from pipelines.collate import BatchLayout
@@ -152,13 +153,39 @@ def train_worker(inputs: WorkerInputs) -> None:
             if cfg.train.max_steps:
                 done = max(done, (run.step + 1) / cfg.train.max_steps)
             learning_rates.apply(done, warmup=run.epoch == 0 or cfg.train.lr_cycle == "run")
+            if tables_only:  # the tables-only phase: the dense layers keep their best epoch's weights
+                for group in sharded.dense_optimizer.param_groups:
+                    group["lr"] = 0.0
             yield item
 
-    stopping = EarlyStopping(cfg.train.early_stopping_patience, run.validation, cfg.train.validation_metric)
+    stopping = EarlyStopping(
+        cfg.train.early_stopping_patience, run.validation, cfg.train.validation_metric, cfg.train.tables_phase
+    )
+    tables_only = False
+
+    def begin_tables_phase() -> None:
+        nonlocal tables_only
+        tables_only = True
+        rank0_print(f"[rank 0] tables-only phase from epoch {stopping.tables_phase_from}: best epoch "
+                    f"{stopping.best['epoch']} restored, dense layers frozen")  # fmt: skip
+
+    if stopping.tables_phase_from is not None and not run.done:  # resumed inside the phase
+        begin_tables_phase()
+    prebuilt = list(epoch_batches(0)) if cfg.train.prebuilt_batches else None
+    if cfg.train.table_l2 > 0:
+        if run.table_counts is None:  # a fresh run: count every table row's lookups over all ranks' rows
+            if run.position.rows:
+                raise RuntimeError(f"train.table_l2 was switched on for a run resumed at step {run.step}: "
+                                   "its counts need every training row; start a new run")  # fmt: skip
+            if prebuilt is None:  # the first read (kept in memory if it fits, for the first pass)
+                batches, first_epoch = first_epoch or epoch_batches(0), None
+            local = count_table_rows(batches if prebuilt is None else prebuilt, spec)
+            cache.complete(whole_pass=prebuilt is None)
+            run.table_counts = all_reduce_counts(local)
+        pipeline.table_regulariser = FrequencyL2(spec, run.table_counts, cfg.train.table_l2).to(device)
     stop = lambda: cfg.train.max_steps and run.step >= cfg.train.max_steps  # noqa: E731
     every = cfg.train.checkpoint_every
     bar = _epoch_bar(run.epoch, inputs, run.position.consumed_rows, shown=not run.done)
-    prebuilt = list(epoch_batches(0)) if cfg.train.prebuilt_batches else None
     rows_at_start, start, epochs_from_memory = run.position.rows, time.perf_counter(), 0
     while not run.done and not stop():
         whole_pass = run.position.consumed_rows == 0  # a resumed epoch reads only what is left
@@ -184,6 +211,7 @@ def train_worker(inputs: WorkerInputs) -> None:
             bar.update(result.global_rows)
             if run.step % cfg.train.log_every == 0:
                 entry = _history_entry(result, run, rows_at_start, time.perf_counter() - start)
+                entry["dense_lr"] = sharded.dense_optimizer.param_groups[0]["lr"]  # 0: tables-only phase
                 run.history.append(entry)
                 bar.set_postfix(samples_s=f"{entry['samples_per_s']:,.0f}", **entry["loss"])
             if every and run.step % every == 0 and not stop():
@@ -199,6 +227,9 @@ def train_worker(inputs: WorkerInputs) -> None:
                         sharded, run_dir / "best", files=checkpoint_files, manifest={"epoch": run.epoch}
                     )
                 _print_validation(stopping, run.epoch)
+                if stopping.tables_phase_from == run.epoch and not run.done:  # would stop: tables alone
+                    load_checkpoint(sharded, run_dir / "best", current_plan_json=plan_json)
+                    begin_tables_phase()
                 if stopping.should_stop:
                     run.position.epoch = cfg.train.epochs  # done: no better epoch for `patience` epochs
             if every and not run.done:
@@ -308,6 +339,7 @@ def _summary(
             "warm_start": warm_start,
             "validation": run.validation,  # per epoch: metrics on the validation rows and their score
             "best_epoch": best and best["epoch"],  # the epoch whose weights were kept
+            "tables_phase_from": stopping.tables_phase_from,  # the epoch it began after, or None
             "calibration": run.calibration,  # {task: Platt fit on the validation rows}, or None
             "history": run.history,
         },

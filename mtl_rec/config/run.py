@@ -153,6 +153,15 @@ class TrainConfig:
     # what ranks the epochs: ne (mean normalised entropy) or auc (mean AUC: the ranking alone, for
     # runs calibrated afterwards; mtl_rec.early_stopping)
     validation_metric: Literal["ne", "auc"] = "ne"
+    # after early stopping would stop, a tables-only phase: the best epoch's weights back, the dense
+    # layers frozen (learning rate 0), the tables trained on until validation stops improving again.
+    # On logs with large id tables the dense layers memorise from the second pass on (Zhang et al.,
+    # CIKM 2022) while the tables alone keep improving (docs/benchmarks.md, quality)
+    tables_phase: bool = False
+    # DIN's mini-batch aware L2 on the embedding rows a batch looks up, scaled by 1 / the id's count
+    # (mtl_rec.table_l2), on the scale of one pass's mean loss (sklearn's C = 1 / (2 table_l2)); 0:
+    # off. The counts cost one read of the training rows before the first step
+    table_l2: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -161,19 +170,26 @@ class TrainConfig:
             raise ConfigError("train.early_stopping_patience needs train.validation_fraction > 0")
         if self.calibration != "none" and not self.validation_fraction:
             raise ConfigError(f"train.calibration={self.calibration} needs train.validation_fraction > 0")
+        if self.tables_phase and not self.early_stopping_patience:
+            raise ConfigError("train.tables_phase needs train.early_stopping_patience > 0 (it begins there)")
+        if self.table_l2 < 0:
+            raise ConfigError(f"train.table_l2 must be >= 0, got {self.table_l2}")
         if not 0.0 <= self.warmup_fraction < 1.0 or not 0.0 <= self.lr_min_ratio <= 1.0:
             raise ConfigError("train.warmup_fraction must be in [0, 1) and train.lr_min_ratio in [0, 1]")
 
 
 # Overrides for exactly one pass over every training row: no hold-out, no early stopping, no
-# calibration, one decay over the run (the presets train until validation stops improving). For
-# speed benchmarks (one pass is what they time) and tests that count the rows a run trains.
+# calibration, no tables-only phase, no counting read for the table L2, one decay over the run (the
+# presets train until validation stops improving). For speed benchmarks (one pass is what they
+# time) and tests that count the rows a run trains.
 SINGLE_PASS = (
     "train.epochs=1",
     "train.validation_fraction=0",
     "train.early_stopping_patience=0",
     "train.calibration=none",
     "train.lr_cycle=run",
+    "train.tables_phase=false",
+    "train.table_l2=0",  # its counts are a read of every row before the first step
 )
 
 

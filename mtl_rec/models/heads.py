@@ -52,12 +52,15 @@ class TaskOutputs:
     aux:     the backbone's auxiliary loss terms (regularisers such as SNR's L0 penalty, AITM's
              calibrator, ESCM2's counterfactual risks): {name: [B] per-row term or [] penalty},
              coefficient already applied; mtl_rec.losses.auxiliary_losses normalises them globally
+    pooled:  the pooled embeddings the backbone read, [B, sum_k D_k] in spec feature order (set by
+             MultiTaskModel.forward; regularisers of the table rows, mtl_rec.table_l2, read it)
     """
 
     logit: dict[str, Tensor]
     log_p: dict[str, Tensor]
     log_1mp: dict[str, Tensor]
     aux: dict[str, Tensor] = field(default_factory=dict)
+    pooled: Tensor | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:

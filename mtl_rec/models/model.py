@@ -133,6 +133,7 @@ class MultiTaskModel(nn.Module):
     def forward(self, batch: Batch) -> TaskOutputs:
         pooled = self.sparse_arch(batch.sparse)  # KJT -> [B, sum_k D_k]
         outputs = self.forward_pooled(pooled, batch.dense, batch)  # -> TaskOutputs of {task: [B]}
+        outputs.pooled = pooled
         if hasattr(self.backbone, "auxiliary_losses"):
             outputs.aux = self.backbone.auxiliary_losses(outputs, batch)  # {name: [B] or []}
         return outputs

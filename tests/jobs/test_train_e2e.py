@@ -176,6 +176,7 @@ def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_
         "train.lr_schedule=cosine",
         "train.warmup_fraction=0.1",
         "train.audit_ids=true",
+        "train.table_l2=0",  # its counting read would stream the rows: here the first pass does
     )
     cfg = load_run_config("jobs/configs/mmoe.yaml", settings)
     out = tmp_path / "run"
@@ -210,3 +211,43 @@ def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_
         assert fit["scale"] > 0, task  # the ranking is kept
         # at the fit's optimum the mean calibrated prediction over the hold-out equals its rate
         assert fit["pred_over_obs_after"] == pytest.approx(1.0, abs=1e-6), task
+
+
+def test_the_tables_only_phase_freezes_the_dense_layers_and_counts_every_row_once(
+    generated_logs, tmp_path, ray_local
+):
+    """The MMoE preset with the tables-only phase and the frequency L2 on 2 ranks: the L2's counts
+    are every single-hot lookup of the training rows outside the hold-out, once (the counting read
+    trains nothing: the audit still sees each row once a pass); where early stopping would have
+    stopped, the best epoch comes back and the dense rate is 0 from then on while the tables train."""
+    settings = (
+        "data.batch_size=1024",
+        "train.epochs=10",
+        "train.validation_fraction=0.2",
+        "train.tables_phase=true",
+        "train.table_l2=3",
+        "train.audit_ids=true",
+        "train.log_every=5",
+    )
+    cfg = load_run_config("jobs/configs/mmoe.yaml", settings)
+    out = tmp_path / "run"
+    metrics = train(cfg, str(generated_logs), "2026-11-18", "2026-11-19", out)
+
+    day = pq.read_table(list((generated_logs / "dt=2026-11-18").glob("*.parquet")), columns=["request_id"])
+    held = HoldoutSplit(0.2, "holdout", "request_id", VALIDATION_SALT).keep(day)
+    trained = int((~held).sum())
+    replicated = torch.load(out / "checkpoint" / "replicated.pt", weights_only=False)
+    single_hot = [f for f in cfg.feature_spec().sparse if not f.multi_hot]
+    assert sum(int(c.sum()) for c in replicated["table_counts"].values()) == len(single_hot) * trained
+    assert int(replicated["table_counts"]["weekday"].max()) == trained  # one weekday in the day
+
+    train_metrics = metrics["train"]
+    began, epochs_run = train_metrics["tables_phase_from"], len(train_metrics["validation"])
+    assert began is not None and began < epochs_run  # pass 2 overfits here: the phase ran
+    ids = day["request_id"].to_numpy()
+    assert np.array_equal(np.sort(replicated["audited_ids"]), np.sort(np.tile(ids[~held], epochs_run)))
+    steps_per_epoch = train_metrics["steps"] / epochs_run
+    for entry in train_metrics["history"]:
+        assert entry["aux"]["table_l2"] > 0
+        in_phase = entry["step"] > began * steps_per_epoch
+        assert (entry["dense_lr"] == 0) == in_phase, entry["step"]

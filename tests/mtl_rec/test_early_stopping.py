@@ -4,6 +4,8 @@ import math
 
 import pytest
 
+from mtl_rec.config.loader import ConfigError
+from mtl_rec.config.run import TrainConfig
 from mtl_rec.early_stopping import EarlyStopping, validation_score
 
 
@@ -57,3 +59,39 @@ def test_auc_metric_ranks_epochs_by_mean_auc_alone():
     assert validation_score(metrics(0.72, 0.80, 0.35)) > validation_score(metrics(0.70, 0.80, 0.30))
     assert stopping.update(3, 30, metrics(0.71, 0.80, 0.25)) is False and stopping.should_stop
     assert stopping.best["epoch"] == 2
+
+
+def test_the_tables_phase_begins_where_stopping_would_and_waits_patience_again():
+    history: list[dict] = []
+    stopping = EarlyStopping(patience=1, history=history, tables_phase=True)
+    stopping.update(1, 10, _metrics(0.30, 0.30))
+    assert stopping.tables_phase_from is None and not stopping.should_stop
+    stopping.update(2, 20, _metrics(0.40, 0.40))  # worse: a run without the phase stops here
+    assert stopping.tables_phase_from == 2 and not stopping.should_stop  # it begins instead
+    assert EarlyStopping(patience=1, history=list(history)).should_stop  # (without it: stops)
+    stopping.update(3, 30, _metrics(0.29, 0.29))  # the tables alone improve on epoch 1
+    assert stopping.best["epoch"] == 3 and not stopping.should_stop
+    stopping.update(4, 40, _metrics(0.295, 0.29))
+    assert stopping.should_stop and stopping.best["epoch"] == 3 and stopping.tables_phase_from == 2
+    # a resumed run derives the phase from the checkpoint's history
+    again = EarlyStopping(patience=1, history=list(history), tables_phase=True)
+    assert again.tables_phase_from == 2 and again.should_stop
+
+
+def test_a_tables_phase_that_never_improves_waits_patience_from_its_start():
+    stopping = EarlyStopping(patience=2, tables_phase=True)
+    for epoch, loss in enumerate((0.30, 0.31, 0.32), start=1):  # the phase begins after epoch 3
+        stopping.update(epoch, epoch * 10, _metrics(loss, loss))
+    assert stopping.tables_phase_from == 3 and not stopping.should_stop
+    stopping.update(4, 40, _metrics(0.31, 0.31))
+    assert not stopping.should_stop  # one epoch of the phase; patience is 2
+    stopping.update(5, 50, _metrics(0.31, 0.31))
+    assert stopping.should_stop and stopping.best["epoch"] == 1
+
+
+def test_the_tables_phase_needs_early_stopping_and_the_table_l2_is_non_negative():
+    with pytest.raises(ConfigError, match="tables_phase needs train.early_stopping_patience"):
+        TrainConfig(tables_phase=True)
+    with pytest.raises(ConfigError, match="table_l2 must be >= 0"):
+        TrainConfig(table_l2=-1.0)
+    assert TrainConfig(validation_fraction=0.1, early_stopping_patience=1, tables_phase=True).tables_phase
