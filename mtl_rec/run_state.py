@@ -38,7 +38,7 @@ class RunProgress:
     history: list[dict] = field(default_factory=list)
     validation: list[dict] = field(default_factory=list)  # one entry per epoch (mtl_rec.early_stopping)
     calibration: dict | None = None  # {task: Platt fit} once fitted (the model holds it from then on)
-    table_counts: dict | None = None  # {table: [rows] int64} for the tables-only phase (mtl_rec.table_l2)
+    table_counts: dict | None = None  # {table: [rows] int64} for train.table_l2 (mtl_rec.table_l2)
     resumed_from: str | None = None
     audited_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rank 0
     _positions: list[np.ndarray] = field(default_factory=list)

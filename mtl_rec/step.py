@@ -88,7 +88,7 @@ class TrainPipeline:
                backbone's parameters here
     step:      the index of the next step (a resumed run's position), the weighting's step argument
 
-    `table_regulariser`, when set (the tables-only phase, mtl_rec.table_l2), maps the pooled
+    `table_regulariser`, when set (train.table_l2, mtl_rec.table_l2), maps the pooled
     embeddings and the batch's KJT to a per-row term added as the auxiliary loss "table_l2".
     """
 

@@ -111,6 +111,16 @@ def train_worker(inputs: WorkerInputs) -> None:
         Path(inputs.init_from) if inputs.init_from else None
     )
     sharded = sharded_from(spec, cfg, device, to_load, list(weighting.parameters()))
+    # Every step's learning rates (dense and fused tables) from one schedule over the planned rows,
+    # its base rates taken now, from the config: a checkpoint's optimizers hold the rates of its last
+    # step (0 for the dense layers after a tables-only phase), which must not become a resumed or
+    # warm-started run's base.
+    schedule = LRSchedule(cfg.train.warmup_fraction, cfg.train.lr_schedule, cfg.train.lr_min_ratio)
+    learning_rates = ScheduledLR(
+        schedule,
+        [sharded.dense_optimizer, sharded.table_optimizer],
+        getattr(sharded.model, "fused_optimizer", None),
+    )
     padding = padding_batch(inputs.layout, spec).to(device)
     plan_json = _publish_plan(sharded.plan, run_dir)
     checkpoint_files = {  # every checkpoint describes itself: scoring and resume never read the working copy
@@ -131,15 +141,8 @@ def train_worker(inputs: WorkerInputs) -> None:
         run.checkpoint(sharded, weighting, run_dir / "checkpoint", checkpoint_files, manifest)
 
     pipeline = TrainPipeline(sharded.model, sharded.module, sharded, weighting, cfg.tasks, device, run.step)
-    # Every step's learning rates (dense and fused tables) from one schedule over the planned rows.
     planned_rows_per_epoch = max(1, inputs.planned_rows_per_epoch or inputs.train_rows)
     planned_rows = planned_rows_per_epoch * cfg.train.epochs
-    schedule = LRSchedule(cfg.train.warmup_fraction, cfg.train.lr_schedule, cfg.train.lr_min_ratio)
-    learning_rates = ScheduledLR(
-        schedule,
-        [sharded.dense_optimizer, sharded.table_optimizer],
-        getattr(sharded.model, "fused_optimizer", None),
-    )
 
     def scheduled(steps: Iterator[StepBatch]) -> Iterator[StepBatch]:
         # the rows trained before this epoch (a resumed epoch's consumed rows are this epoch's)

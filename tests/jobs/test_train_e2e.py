@@ -177,6 +177,7 @@ def test_validation_early_stopping_and_shuffling_count_every_row_once(generated_
         "train.warmup_fraction=0.1",
         "train.audit_ids=true",
         "train.table_l2=0",  # its counting read would stream the rows: here the first pass does
+        "train.tables_phase=false",  # plain early stopping (the next test has the phase)
     )
     cfg = load_run_config("jobs/configs/mmoe.yaml", settings)
     out = tmp_path / "run"
@@ -251,3 +252,23 @@ def test_the_tables_only_phase_freezes_the_dense_layers_and_counts_every_row_onc
         assert entry["aux"]["table_l2"] > 0
         in_phase = entry["step"] > began * steps_per_epoch
         assert (entry["dense_lr"] == 0) == in_phase, entry["step"]
+
+    # a run warm-started from it (the daily job's next day) trains its dense layers again: its
+    # optimizers come from a checkpoint whose dense rate is 0 (the best pass was a tables-only one),
+    # its base rates from the config
+    assert train_metrics["best_epoch"] > began
+    assert replicated["dense_optimizer"]["param_groups"][0]["lr"] == 0
+    warm_cfg = load_run_config(
+        "jobs/configs/mmoe.yaml", (*SINGLE_PASS, "data.batch_size=1024", "train.log_every=5")
+    )
+    later = train(
+        warm_cfg,
+        str(generated_logs),
+        "2026-11-18",
+        "2026-11-19",
+        tmp_path / "warm",
+        init_from=out / "checkpoint",
+    )
+    assert later["train"]["warm_start"]["optimizers"]
+    rates = [entry["dense_lr"] for entry in later["train"]["history"]]
+    assert rates and min(rates) > 0 and max(rates) > 0.5 * warm_cfg.optim.dense.lr  # not a saved rate
