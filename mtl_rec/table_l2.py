@@ -1,4 +1,4 @@
-"""The tables-only phase's regulariser: a frequency-scaled L2 on the embedding rows a batch looks up.
+"""train.table_l2: a frequency-scaled L2 on the embedding rows a batch looks up, from the first step.
 
 DIN's mini-batch aware regularisation (Zhou et al., "Deep Interest Network for Click-Through Rate
 Prediction", KDD 2018, section 4.1): a full L2 over a table of millions of rows touches every row on
@@ -48,13 +48,6 @@ def _single_hot(spec: FeatureSpec) -> list[tuple[str, str, int, int]]:
     return features
 
 
-def _row_ids(sparse: KeyedJaggedTensor, feature: str) -> tuple[Tensor, Tensor]:
-    """A single-hot feature's (rows that have a value [R] bool mask over B, their ids [R])."""
-    jagged = sparse[feature]
-    lengths = jagged.lengths()  # [B], 0 or 1
-    return lengths > 0, jagged.values()  # [B] bool, [R]
-
-
 def count_table_rows(batches: Iterable[Batch], spec: FeatureSpec) -> dict[str, Tensor]:
     """{table: [num_embeddings] int64}: how often each row is looked up by a single-hot feature in
     `batches` (this rank's rows; all_reduce_counts sums the ranks)."""
@@ -63,8 +56,7 @@ def count_table_rows(batches: Iterable[Batch], spec: FeatureSpec) -> dict[str, T
     counts = {table: torch.zeros(rows, dtype=torch.int64) for table, rows in sizes.items()}
     for batch in batches:
         for name, table, _, _ in features:
-            _, ids = _row_ids(batch.sparse, name)
-            ids = ids.cpu()
+            ids = batch.sparse[name].values().cpu()  # [R]: the ids of the rows that have a value
             counts[table].index_add_(0, ids, torch.ones_like(ids))  # [V] += 1 at each of [R] ids: O(R)
     return counts
 
@@ -94,8 +86,14 @@ class FrequencyL2:
     def __call__(self, pooled: Tensor, sparse: KeyedJaggedTensor) -> Tensor:
         term = pooled.new_zeros(pooled.shape[0])  # [B]
         for name, table, offset, dim in self.features:
-            present, ids = _row_ids(sparse, name)  # [B] bool, [R]
-            squared = pooled[present, offset : offset + dim].pow(2).sum(dim=1)  # [R, D] -> [R]
-            weights = self.inverse[table][ids].to(pooled.dtype)  # [V] gathered -> [R]
-            term = term.index_put((present,), squared * weights, accumulate=True)  # [B] += [R], present rows
+            jagged = sparse[name]
+            ids = jagged.values()  # [R]: one id per row that has a value (single-hot)
+            if ids.numel() == 0:
+                continue
+            # each row's own id: at its offset; a row with no value pools to 0 (its squared norm
+            # and gradient are 0), so whichever id its clamped offset reads is harmless
+            first = jagged.offsets()[:-1].clamp(max=ids.numel() - 1)  # [B]
+            weights = self.inverse[table][ids[first]].to(pooled.dtype)  # [V] gathered -> [B]
+            squared = pooled[:, offset : offset + dim].pow(2).sum(dim=1)  # [B, D] -> [B]
+            term = term + squared * weights  # [B]
         return self.strength * term  # [B]

@@ -1,4 +1,4 @@
-"""The tables-only phase's frequency-scaled L2 (mtl_rec.table_l2): counts, the per-row term, its
+"""The frequency-scaled table L2 (train.table_l2, mtl_rec.table_l2): counts, the per-row term, its
 gradient, the one-pass property, and 2 gloo ranks against 1."""
 
 from pathlib import Path
